@@ -1,0 +1,239 @@
+"""Typed experiment configs, loaded from YAML and validated on load.
+
+Every mistake is reported as one line that names the key, the value and what
+was expected, e.g. ``config.yaml: data.image_size = 'big': expected a valid
+integer``. The resolved config (all defaults filled in) is what a run writes to
+its directory, so any result can be traced back to what made it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from kdlens.distill import METHODS
+from kdlens.models import MODELS, PAPER_LAYERS
+
+ROLES = ("teacher", "baseline", "student")
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message is one line."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class DataCommon(Strict):
+    student_fraction: float = Field(
+        0.1, gt=0.0, le=1.0,
+        description="Share of the training set the student and baseline see (the paper: 10%).",
+    )
+    num_workers: int = Field(0, ge=0)
+
+
+class SyntheticData(DataCommon):
+    name: Literal["synthetic"] = "synthetic"
+    image_size: int = Field(32, ge=16)
+    num_classes: int = Field(10, ge=2)
+    train_size: int = Field(5000, ge=1)
+    test_size: int = Field(1000, ge=1)
+    distractors: int = Field(2, ge=0)
+    spurious_strength: float = Field(0.0, ge=0.0, le=1.0)
+    noise: float = Field(0.05, ge=0.0)
+
+
+class _RealData(DataCommon):
+    path: Path
+    image_size: int = Field(224, ge=16)
+
+    @field_validator("path")
+    @classmethod
+    def _exists(cls, path: Path) -> Path:
+        if not path.is_dir():
+            raise ValueError(f"directory {str(path)!r} does not exist; expected the dataset root")
+        return path
+
+
+class CubData(_RealData):
+    name: Literal["cub"]
+    mask_source: Literal["auto", "segmentation", "bbox"] = "auto"
+    bbox_crop: Optional[float] = Field(None, gt=0.0)
+
+
+class FolderData(_RealData):
+    name: Literal["folder"]
+
+
+DataConfig = Annotated[Union[SyntheticData, CubData, FolderData], Field(discriminator="name")]
+
+
+class ModelConfig(Strict):
+    arch: str = "vgg11"
+    width: float = Field(1.0, gt=0.0)
+    dropout: float = Field(0.5, ge=0.0, lt=1.0)
+
+    @field_validator("arch")
+    @classmethod
+    def _known(cls, arch: str) -> str:
+        if arch not in MODELS:
+            raise ValueError(f"unknown architecture; expected one of {', '.join(MODELS.names())}")
+        return arch
+
+
+class OptimConfig(Strict):
+    """SGD with a learning-rate schedule (the paper trains with SGD, batch 64)."""
+
+    epochs: int = Field(10, ge=0)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(0.05, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(5e-4, ge=0.0)
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    step_size: int = Field(10, ge=1, description="epochs between decays for schedule=step")
+    gamma: float = Field(0.1, gt=0.0, le=1.0, description="decay factor for schedule=step")
+
+
+class StudentConfig(Strict):
+    """Feature distillation from one layer (Sec. 4.1 of the knowledge-points paper):
+    phase 1 trains the layers up to ``layer`` with ||f_T(x) - f_S(x)||^2 alone,
+    phase 2 trains the layers above it with the classification loss alone."""
+
+    layer: str = "fc1"
+    method: str = "feature_mse"
+    method_options: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments of the method, e.g. {reduction: mean}"
+    )
+    distill: OptimConfig = OptimConfig(lr=0.01)
+    classify: OptimConfig = OptimConfig()
+    teacher_checkpoint: Optional[Path] = None
+
+    @field_validator("layer")
+    @classmethod
+    def _layer(cls, layer: str) -> str:
+        if layer not in PAPER_LAYERS:
+            raise ValueError(f"the models have no layer {layer!r}; expected one of {', '.join(PAPER_LAYERS)}")
+        return layer
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, method: str) -> str:
+        if method not in METHODS:
+            raise ValueError(f"unknown distillation method; expected one of {', '.join(METHODS.names())}")
+        return method
+
+    @model_validator(mode="after")
+    def _method_builds(self) -> "StudentConfig":
+        try:
+            METHODS.build(self.method, layer=self.layer, **self.method_options)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"student.method_options = {self.method_options!r}: {exc}") from None
+        return self
+
+    @field_validator("teacher_checkpoint")
+    @classmethod
+    def _checkpoint(cls, path: Optional[Path]) -> Optional[Path]:
+        if path is not None and not path.is_file():
+            raise ValueError(f"file {str(path)!r} does not exist; expected a teacher checkpoint (.pt)")
+        return path
+
+
+class ExperimentConfig(Strict):
+    seed: int = 0
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    train: list[Literal["teacher", "baseline", "student"]] = list(ROLES)
+    data: DataConfig = SyntheticData()
+    model: ModelConfig = ModelConfig()
+    teacher_model: Optional[ModelConfig] = Field(
+        None, description="teacher architecture when it differs from the student's"
+    )
+    teacher: OptimConfig = OptimConfig()
+    baseline: OptimConfig = OptimConfig()
+    student: StudentConfig = StudentConfig()
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _default_dataset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "name" not in data:
+            return {"name": "synthetic", **data}
+        return data
+
+    @property
+    def resolved_teacher_model(self) -> ModelConfig:
+        return self.teacher_model or self.model
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+_DATA_VARIANTS = {"synthetic": SyntheticData, "cub": CubData, "folder": FolderData}
+
+
+def _expected_keys(loc: tuple) -> list[str]:
+    """The keys allowed where ``loc`` points, for an unknown-key message."""
+    node: Any = ExperimentConfig
+    for part in loc[:-1]:
+        if part in _DATA_VARIANTS:
+            node = _DATA_VARIANTS[part]
+        elif isinstance(node, type) and issubclass(node, BaseModel) and part in node.model_fields:
+            node = node.model_fields[part].annotation
+            members = [a for a in getattr(node, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
+            if len(members) == 1:  # Optional[Model]
+                node = members[0]
+        else:
+            return []
+    return list(node.model_fields) if isinstance(node, type) and issubclass(node, BaseModel) else []
+
+
+def _describe(error: dict) -> str:
+    """One line for a pydantic error: the key, the value, what was expected."""
+    loc, kind = tuple(error["loc"]), error["type"]
+    # Discriminated unions put the variant's tag in the path; a reader never wrote it.
+    key = ".".join(str(p) for p in loc if p not in _DATA_VARIANTS) or "config"
+    if kind == "extra_forbidden":
+        allowed = _expected_keys(loc)
+        return f"unknown key {key!r}" + (f"; expected one of {', '.join(allowed)}" if allowed else "")
+    if kind == "missing":
+        return f"{key} is missing; it is required"
+    if kind.startswith("union_tag"):
+        value = error["input"].get("name") if isinstance(error["input"], dict) else error["input"]
+        return f"{key}.name = {value!r}: expected one of {', '.join(_DATA_VARIANTS)}"
+    message = error["msg"].removeprefix("Value error, ").replace("Input should be", "expected")
+    if kind == "value_error" and message.startswith(key):  # a cross-field check names its own key
+        return message
+    return f"{key} = {error['input']!r}: {message}"
+
+
+def parse_config(raw: Any, source: str = "config") -> ExperimentConfig:
+    """Validate a mapping into an :class:`ExperimentConfig` or raise :class:`ConfigError`."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys to values, got {type(raw).__name__}")
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        errors = exc.errors()
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ConfigError(f"{source}: {_describe(errors[0])}{more}") from None
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    return parse_config(raw, source=str(path))
+
+
+def dump_config(config: ExperimentConfig) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

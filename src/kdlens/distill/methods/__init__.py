@@ -1,0 +1,3 @@
+"""One file per distillation method; importing this package registers them all."""
+
+from kdlens.distill.methods import feature_mse  # noqa: F401

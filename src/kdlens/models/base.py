@@ -1,0 +1,93 @@
+"""The interface every kdlens model shares.
+
+A model is an ordered sequence of named *stages*; the paper's named layers are
+the outputs of the stages: ``conv`` (the top convolutional layer, after its
+activation), ``fc1`` and ``fc2`` (after their ReLU) and ``fc3`` (the logits).
+This makes "the layers up to and including l" a prefix of the stages, which is
+what the student protocol freezes, and lets a forward pass stop at a layer so
+nothing above it is computed.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+from torch import Tensor, nn
+
+PAPER_LAYERS: tuple[str, ...] = ("conv", "fc1", "fc2", "fc3")
+
+
+class NamedLayerModel(nn.Module):
+    """A classifier built from named stages run in order."""
+
+    def __init__(self, stages: Sequence[tuple[str, nn.Module]]) -> None:
+        super().__init__()
+        self.stages = nn.ModuleDict(stages)
+
+    @property
+    def layer_names(self) -> tuple[str, ...]:
+        return tuple(self.stages.keys())
+
+    def check_layer(self, layer: str) -> str:
+        if layer not in self.stages:
+            raise KeyError(
+                f"{type(self).__name__} has no layer {layer!r}; "
+                f"expected one of {', '.join(self.layer_names)}"
+            )
+        return layer
+
+    def forward(self, x: Tensor) -> Tensor:
+        for stage in self.stages.values():
+            x = stage(x)
+        return x
+
+    def forward_to(self, x: Tensor, layer: str) -> Tensor:
+        """The output of ``layer``; the stages above it are not run."""
+        self.check_layer(layer)
+        for name, stage in self.stages.items():
+            x = stage(x)
+            if name == layer:
+                return x
+        raise AssertionError("unreachable")
+
+    def forward_from(self, feature: Tensor, layer: str) -> Tensor:
+        """Run the stages above ``layer`` on its output ``feature``: the logits."""
+        self.check_layer(layer)
+        above = False
+        for name, stage in self.stages.items():
+            if above:
+                feature = stage(feature)
+            above = above or name == layer
+        return feature
+
+    def features(self, x: Tensor, layers: Sequence[str]) -> dict[str, Tensor]:
+        """Outputs of several named layers in one pass that stops at the deepest."""
+        wanted = {self.check_layer(layer) for layer in layers}
+        out: dict[str, Tensor] = {}
+        for name, stage in self.stages.items():
+            if len(out) == len(wanted):
+                break
+            x = stage(x)
+            if name in wanted:
+                out[name] = x
+        return out
+
+    def stages_up_to(self, layer: str) -> list[nn.Module]:
+        """The stages that compute ``layer``, bottom first (``layer`` included)."""
+        self.check_layer(layer)
+        names = list(self.stages.keys())
+        return [self.stages[n] for n in names[: names.index(layer) + 1]]
+
+    def stages_above(self, layer: str) -> list[nn.Module]:
+        """The stages above ``layer`` (empty for the output layer)."""
+        self.check_layer(layer)
+        names = list(self.stages.keys())
+        return [self.stages[n] for n in names[names.index(layer) + 1 :]]
+
+    def parameters_up_to(self, layer: str) -> Iterator[nn.Parameter]:
+        for stage in self.stages_up_to(layer):
+            yield from stage.parameters()
+
+    def parameters_above(self, layer: str) -> Iterator[nn.Parameter]:
+        for stage in self.stages_above(layer):
+            yield from stage.parameters()

@@ -1,0 +1,198 @@
+"""The paper's three training protocols (Sec. 4.1 of the knowledge-points paper).
+
+- teacher: from scratch on the full training set;
+- baseline: from scratch on a random fraction of it (``data.student_fraction``,
+  10% in the paper), same architecture;
+- student: on the same fraction, by feature distillation from layer l of the
+  trained teacher: first the layers up to and including l are trained with the
+  distillation loss alone, then the layers above l with the classification
+  loss alone, the layers up to l frozen. l = fc3 distils from the output and has
+  no second phase.
+
+The student and the baseline start from the same initial weights, so the only
+difference between them is how they were taught.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from kdlens.config import ExperimentConfig, ModelConfig, dump_config
+from kdlens.data import DATASETS, fraction_subset
+from kdlens.distill import METHODS
+from kdlens.models import NamedLayerModel, build_model
+from kdlens.store import RunDirectory
+from kdlens.train.loop import Phase, train_phases
+from kdlens.train.seeding import derive_seed
+
+EpochCallback = Optional[Callable[[int], None]]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device = {name!r}: CUDA is not available here; expected 'auto' or 'cpu'")
+    return device
+
+
+def build_datasets(config: ExperimentConfig) -> tuple[Dataset, Dataset]:
+    """(full training set, test set) for the configured data."""
+    data = config.data
+    if data.name == "synthetic":
+        common = dict(
+            image_size=data.image_size, num_classes=data.num_classes, seed=config.seed,
+            distractors=data.distractors, spurious_strength=data.spurious_strength, noise=data.noise,
+        )
+        sizes = {"train": data.train_size, "test": data.test_size}
+        return tuple(DATASETS.build("synthetic", split=s, num_samples=sizes[s], **common) for s in ("train", "test"))
+    common = dict(root=data.path, image_size=data.image_size)
+    if data.name == "cub":
+        common.update(mask_source=data.mask_source, bbox_crop=data.bbox_crop)
+    return tuple(DATASETS.build(data.name, split=s, **common) for s in ("train", "test"))
+
+
+def student_split(config: ExperimentConfig, full_train: Dataset) -> Dataset:
+    """The fraction of the training set that the student and the baseline share."""
+    return fraction_subset(full_train, config.data.student_fraction, derive_seed(config.seed, "fraction"))
+
+
+def build_network(model: ModelConfig, config: ExperimentConfig, num_classes: int, init: str) -> NamedLayerModel:
+    """A model with initial weights drawn from ``(seed, init)``."""
+    torch.manual_seed(derive_seed(config.seed, "init", init))
+    return build_model(
+        model.arch, num_classes=num_classes, image_size=config.data.image_size,
+        width=model.width, dropout=model.dropout,
+    )
+
+
+def _classification_phase(name: str, model: NamedLayerModel, optim, trainable, trained_layers) -> Phase:
+    def objective(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(model(images), labels)
+
+    return Phase(name, optim, trainable, objective, trained_layers=trained_layers)
+
+
+def _num_classes(dataset: Dataset) -> int:
+    return len(dataset.classes)
+
+
+def train_from_scratch(
+    role: str, config: ExperimentConfig, run: RunDirectory, *, progress: bool = True,
+    on_epoch_end: EpochCallback = None, datasets: Optional[tuple[Dataset, Dataset]] = None,
+) -> NamedLayerModel:
+    """The teacher (full data) or the baseline (the student's fraction)."""
+    if role not in ("teacher", "baseline"):
+        raise ValueError(f"role = {role!r}: expected 'teacher' or 'baseline'")
+    full_train, test = datasets or build_datasets(config)
+    train_set = full_train if role == "teacher" else student_split(config, full_train)
+    model_config = config.resolved_teacher_model if role == "teacher" else config.model
+    model = build_network(model_config, config, _num_classes(full_train), init="teacher" if role == "teacher" else "student")
+    optim = getattr(config, role)
+    phase = _classification_phase("train", model, optim, [model], model.layer_names)
+    train_phases(
+        model, [phase], train_set, test, run.role(role), seed=config.seed, role=role,
+        device=resolve_device(config.device), progress=progress, on_epoch_end=on_epoch_end,
+    )
+    return model
+
+
+def load_teacher(config: ExperimentConfig, run: RunDirectory, num_classes: int) -> NamedLayerModel:
+    """The trained teacher: ``student.teacher_checkpoint`` or this run's last teacher epoch."""
+    path: Path
+    if config.student.teacher_checkpoint is not None:
+        path = config.student.teacher_checkpoint
+    else:
+        store = run.role("teacher")
+        latest = store.latest()
+        if latest is None or latest < config.teacher.epochs:
+            raise RuntimeError(
+                f"the teacher in {run.root} is not trained (last epoch {latest}, expected "
+                f"{config.teacher.epochs}); train it first (train: [teacher, ...]) or set student.teacher_checkpoint"
+            )
+        path = store.path(latest)
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    teacher = build_network(config.resolved_teacher_model, config, num_classes, init="teacher")
+    try:
+        teacher.load_state_dict(state["model"] if "model" in state else state)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"teacher checkpoint {str(path)!r} does not fit teacher model "
+            f"{config.resolved_teacher_model.arch} (width {config.resolved_teacher_model.width}): "
+            f"{str(exc).splitlines()[0]}"
+        ) from None
+    return teacher
+
+
+def train_student(
+    config: ExperimentConfig, run: RunDirectory, *, teacher: Optional[NamedLayerModel] = None,
+    progress: bool = True, on_epoch_end: EpochCallback = None,
+    datasets: Optional[tuple[Dataset, Dataset]] = None,
+) -> NamedLayerModel:
+    full_train, test = datasets or build_datasets(config)
+    num_classes = _num_classes(full_train)
+    device = resolve_device(config.device)
+    if teacher is None:
+        teacher = load_teacher(config, run, num_classes)
+    teacher.to(device).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    student = build_network(config.model, config, num_classes, init="student")
+    layer = config.student.layer
+    method = METHODS.build(config.student.method, layer=layer, **config.student.method_options)
+
+    probe = full_train[0].image.unsqueeze(0)
+    with torch.no_grad():
+        f_t = teacher.cpu().forward_to(probe, layer)
+        f_s = student.eval().forward_to(probe, layer)
+    teacher.to(device)
+    if f_t.shape != f_s.shape:
+        raise ValueError(
+            f"student.layer = {layer!r}: teacher feature {tuple(f_t.shape[1:])} and student feature "
+            f"{tuple(f_s.shape[1:])} differ; expected equal shapes (match model widths at this layer)"
+        )
+
+    def distill(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            target = teacher.forward_to(images, layer)
+        return method({layer: student.forward_to(images, layer)}, {layer: target}, labels)
+
+    below = student.stages_up_to(layer)
+    above = student.stages_above(layer)
+    below_names = student.layer_names[: len(below)]
+    phases = [Phase("distill", config.student.distill, [*below, method], distill, trained_layers=below_names)]
+    if above:
+        phases.append(_classification_phase(
+            "classify", student, config.student.classify, above, student.layer_names[len(below):]
+        ))
+    train_phases(
+        student, phases, student_split(config, full_train), test, run.role("student"),
+        seed=config.seed, role="student", device=device, progress=progress, on_epoch_end=on_epoch_end,
+        extra_modules={"method": method},
+    )
+    return student
+
+
+def train_roles(
+    config: ExperimentConfig, out: str | Path, roles: Optional[list[str]] = None, *, progress: bool = True
+) -> RunDirectory:
+    """Train every role the config names (teacher first), resuming what exists."""
+    run = RunDirectory(out)
+    run.initialise(dump_config(config), config.seed)
+    datasets = build_datasets(config)
+    teacher = None
+    for role in [r for r in ("teacher", "baseline", "student") if r in (roles or config.train)]:
+        if role == "student":
+            train_student(config, run, teacher=teacher, progress=progress, datasets=datasets)
+        else:
+            model = train_from_scratch(role, config, run, progress=progress, datasets=datasets)
+            if role == "teacher" and config.student.teacher_checkpoint is None:
+                teacher = model
+    return run
