@@ -1,0 +1,83 @@
+"""The model registry and the few helpers every model family shares.
+
+Kept separate from ``kdlens.models.__init__`` so the family modules can import
+it without an import cycle.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from torch import nn
+
+from kdlens.models.base import NamedLayerModel
+from kdlens.registry import Registry
+
+MODELS: Registry[NamedLayerModel] = Registry("model")
+
+# Below this input size a family switches to its small-input (CIFAR-style)
+# definition; ImageNet stems would shrink a 32x32 image to nothing.
+SMALL_INPUT_BELOW = 96
+
+
+def scaled(channels: int, width: float) -> int:
+    """A channel count or hidden size times ``width``, floored so tiny widths still work."""
+    return max(4, round(channels * width))
+
+
+def reject_options(arch: str, options: dict[str, Any]) -> None:
+    # A misspelt option (``batchnorm=False``) must not be silently ignored.
+    if options:
+        raise TypeError(f"{arch} got unexpected option(s): {', '.join(sorted(options))}")
+
+
+def relu() -> nn.ReLU:
+    # Not in-place: an in-place ReLU would overwrite outputs captured by hooks
+    # on the module before it (see kdlens.models.features.capture).
+    return nn.ReLU(inplace=False)
+
+
+def init_weights(model: nn.Module) -> None:
+    """Kaiming-normal convs, unit BatchNorm, N(0, 0.01) Linear; global RNG only."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.01)
+            nn.init.zeros_(m.bias)
+
+
+def assemble(
+    conv: nn.Module,
+    *,
+    top_channels: int,
+    pre_pool: Sequence[nn.Module],
+    pool: int,
+    hidden: int,
+    num_classes: int,
+    dropout: float,
+    stage_ends: list[str],
+) -> NamedLayerModel:
+    """Wrap a conv trunk into the paper's four stages ``conv, fc1, fc2, fc3``.
+
+    Dropout opens fc2 and fc3 (not closes fc1 and fc2) so the fc1/fc2 outputs
+    are the post-ReLU features the paper measures.
+    """
+    fc1 = nn.Sequential(
+        *pre_pool,
+        nn.AdaptiveAvgPool2d(pool),
+        nn.Flatten(),
+        nn.Linear(top_channels * pool * pool, hidden),
+        relu(),
+    )
+    fc2 = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, hidden), relu())
+    fc3 = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, num_classes))
+    model = NamedLayerModel([("conv", conv), ("fc1", fc1), ("fc2", fc2), ("fc3", fc3)])
+    model.stage_ends = list(stage_ends)
+    init_weights(model)
+    return model

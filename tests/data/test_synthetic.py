@@ -1,0 +1,125 @@
+import numpy as np
+import pytest
+import torch
+
+from kdlens.data import DATASETS, Sample, SyntheticShapes, build_dataset, denormalize
+from kdlens.data.synthetic import FAMILIES
+
+
+def small(**kwargs) -> SyntheticShapes:
+    return SyntheticShapes(**{"num_samples": 40, "num_classes": 14, "distractors": 3, **kwargs})
+
+
+@pytest.mark.parametrize("image_size", [32, 64])
+def test_mask_is_exactly_the_pixels_the_object_changes(image_size):
+    data = small(image_size=image_size)
+    side = image_size * image_size
+    for index in range(len(data)):
+        with_object, mask = data.render(index)
+        without, mask_again = data.render(index, include_object=False)
+        assert np.array_equal(mask, mask_again)
+        assert np.array_equal((with_object != without).any(axis=0), mask)
+        assert 0 < mask.sum() < side
+        assert torch.equal(data.masks[index], torch.from_numpy(mask))
+        assert torch.equal(data.images[index], torch.from_numpy((with_object * 255 + 0.5).astype(np.uint8)))
+
+
+def test_every_family_is_drawn_inside_the_image_and_distinct():
+    data = small(num_samples=14 * 3, image_size=48, distractors=0)
+    for index in range(len(data)):
+        mask = data.masks[index]
+        assert 0.02 < mask.float().mean() < 0.5
+    masks = [data._shape_mask(data.params(i).object) for i in range(14)]  # one of each family
+    assert len({m.tobytes() for m in masks}) == 14
+
+
+def test_samples_are_normalised_images_with_bool_masks():
+    data = small(num_samples=5)
+    image, label, mask = data[3]
+    assert isinstance(data[3], Sample) and label == 3
+    assert image.dtype == torch.float32 and image.shape == (3, 32, 32)
+    assert mask.dtype == torch.bool and mask.shape == (32, 32)
+    restored = denormalize(image, data.mean, data.std)
+    assert torch.allclose(restored, data.images[3].float() / 255, atol=1e-6)
+
+
+def test_equal_seeds_give_identical_data_and_different_seeds_or_splits_do_not():
+    a, b = small(seed=3), small(seed=3)
+    assert torch.equal(a.images, b.images) and torch.equal(a.masks, b.masks) and torch.equal(a.labels, b.labels)
+    other = small(seed=4)
+    test = small(seed=3, split="test")
+    for different in (other, test):
+        assert not torch.equal(a.images, different.images)
+        assert not torch.equal(a.masks, different.masks)
+
+
+def test_any_index_renders_alone_the_same():
+    prefix, longer = small(num_samples=10), small(num_samples=40)
+    assert torch.equal(prefix.images, longer.images[:10]) and torch.equal(prefix.masks, longer.masks[:10])
+
+
+def test_labels_are_balanced():
+    data = SyntheticShapes(num_samples=100, num_classes=10, image_size=16)
+    assert data.labels.dtype == torch.long
+    assert torch.bincount(data.labels).tolist() == [10] * 10
+    assert data.classes == list(FAMILIES)[:10] and data.num_classes == 10
+    counts = torch.bincount(SyntheticShapes(num_samples=100, num_classes=3, image_size=16).labels)
+    assert counts.max() - counts.min() <= 1
+
+
+def test_distractors_are_other_classes_and_bounded_in_number():
+    data = SyntheticShapes(num_samples=60, num_classes=3, distractors=4, image_size=16)
+    counts = []
+    for index in range(len(data)):
+        params = data.params(index)
+        assert params.object.family == params.label == int(data.labels[index])
+        assert all(0 <= c < 3 and c != params.label for c in params.distractor_classes)
+        counts.append(len(params.distractor_classes))
+    assert min(counts) >= 0 and max(counts) <= 4 and len(set(counts)) > 1
+    assert all(not small(distractors=0).params(i).distractors for i in range(10))
+
+
+def test_spurious_background_predicts_the_label_in_train_only():
+    def backgrounds(split: str, strength: float) -> dict[int, set]:
+        data = SyntheticShapes(split, num_samples=50, num_classes=5, image_size=16, spurious_strength=strength)
+        by_label: dict[int, set] = {}
+        for index in range(len(data)):
+            params = data.params(index)
+            by_label.setdefault(params.label, set()).add(params.background.tobytes())
+        return by_label
+
+    assert all(len(colours) == 1 for colours in backgrounds("train", 1.0).values())
+    assert len(set().union(*backgrounds("train", 1.0).values())) == 5  # one colour per class
+    assert all(len(colours) == 10 for colours in backgrounds("test", 1.0).values())
+    assert all(len(colours) == 10 for colours in backgrounds("train", 0.0).values())
+    half = SyntheticShapes(num_samples=200, num_classes=5, image_size=16, spurious_strength=0.5)
+    assert 60 < sum(half.params(i).spurious for i in range(200)) < 140
+
+
+def test_spurious_strength_changes_only_the_background():
+    plain = small(num_samples=10)
+    spurious = small(num_samples=10, spurious_strength=1.0)
+    assert torch.equal(plain.masks, spurious.masks)
+
+
+@pytest.mark.parametrize(
+    "kwargs, word",
+    [
+        ({"num_classes": 1}, "num_classes = 1"),
+        ({"num_classes": 15}, "num_classes = 15"),
+        ({"image_size": 8}, "image_size = 8"),
+        ({"split": "val"}, "split = 'val'"),
+        ({"spurious_strength": 1.5}, "spurious_strength"),
+    ],
+)
+def test_bad_arguments_raise_one_line_errors(kwargs, word):
+    with pytest.raises(ValueError) as error:
+        SyntheticShapes(num_samples=2, **kwargs)
+    assert word in str(error.value) and "\n" not in str(error.value)
+
+
+def test_registered_under_synthetic(capsys):
+    data = build_dataset("synthetic", "test", num_samples=4, image_size=16, num_classes=2)
+    assert isinstance(data, SyntheticShapes) and data.split == "test" and len(data) == 4
+    assert "synthetic" in DATASETS
+    assert capsys.readouterr() == ("", "")
