@@ -156,3 +156,12 @@ def test_folder_errors(folder_root, tmp_path):
     with pytest.raises(FileNotFoundError, match="c.png") as error:
         MaskedImageFolder(folder_root, "train")
     assert "\n" not in str(error.value)
+
+
+def test_cub_malformed_or_incomplete_metadata(cub_root):
+    (cub_root / "bounding_boxes.txt").write_text("1 10 5 20 10\n")
+    with pytest.raises(ValueError, match="bounding_boxes.txt' has no line for image id 2"):
+        CubDataset(cub_root, mask_source="bbox")
+    (cub_root / "train_test_split.txt").write_text("1 1\nsix 0\n")
+    with pytest.raises(ValueError, match="line 2"):
+        CubDataset(cub_root)

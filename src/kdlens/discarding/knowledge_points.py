@@ -1,0 +1,119 @@
+"""Knowledge points and their quality (paper, Sec. 3.2, Eq. 5-7).
+
+Given the pixel-wise entropies H_i of one layer (``information_discarding``)
+and foreground labels per unit:
+
+* the baseline H_bar(x) = mean of H_i over the background units of x;
+* unit i is a knowledge point when H_bar(x) - H_i > b (b = 0.2 for images);
+* N_fg(x), N_bg(x): the points on foreground / background units (Eq. 6-7);
+* lambda = E_x[N_fg / (N_fg + N_bg)] (Eq. 5).
+
+A sample is *undefined* when H_bar cannot be formed: it has no background
+unit, or its entropies are not valid (``DiscardingResult.valid`` is False).
+Undefined samples get h_bar = -inf (no unit lies below it), no points, zero
+counts and a reason; they are left out of every summary.  Nothing is NaN.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class KnowledgePoints:
+    h_bar: Tensor  # (B,) baseline entropy; -inf where not defined
+    is_point: Tensor  # (B, n) bool
+    foreground: Tensor  # (B, n) bool
+    n_fg: Tensor  # (B,) long, Eq. 7
+    n_bg: Tensor  # (B,) long, Eq. 6
+    defined: Tensor  # (B,) bool
+    reason: list[str | None]
+
+    @property
+    def fg_points(self) -> Tensor:
+        """(B, n) bool: the foreground knowledge points, S(x) of Eq. 9."""
+        return self.is_point & self.foreground
+
+
+def knowledge_points(
+    entropy: Tensor, foreground: Tensor, b: float = 0.2, valid: Tensor | None = None
+) -> KnowledgePoints:
+    """Knowledge points of each sample from entropies (B, n) and foreground labels (B, n) bool."""
+    if entropy.dim() != 2 or tuple(foreground.shape) != tuple(entropy.shape):
+        raise ValueError(
+            f"entropy {tuple(entropy.shape)} and foreground {tuple(foreground.shape)} must both be (B, n_units)"
+        )
+    foreground = foreground.bool()
+    background = ~foreground
+    ok = torch.ones(entropy.shape[0], dtype=torch.bool, device=entropy.device) if valid is None else valid.bool()
+    finite = torch.isfinite(entropy).all(1)
+    has_bg = background.any(1)
+    defined = ok & finite & has_bg
+    reason: list[str | None] = []
+    for v, f, g in zip(ok.tolist(), finite.tolist(), has_bg.tolist()):
+        if not v:
+            reason.append("invalid sample: its information discarding was not measured")
+        elif not f:
+            reason.append("entropy is not finite")
+        elif not g:
+            reason.append("no background unit: the baseline entropy H_bar is undefined")
+        else:
+            reason.append(None)
+    safe = torch.where(torch.isfinite(entropy), entropy, torch.zeros_like(entropy))
+    bg_sum = (safe * background).sum(1)
+    h_bar = torch.where(defined, bg_sum / background.sum(1).clamp(min=1), torch.full_like(bg_sum, -torch.inf))
+    is_point = ((h_bar[:, None] - safe) > b) & defined[:, None]
+    return KnowledgePoints(
+        h_bar=h_bar,
+        is_point=is_point,
+        foreground=foreground,
+        n_fg=(is_point & foreground).sum(1),
+        n_bg=(is_point & background).sum(1),
+        defined=defined,
+        reason=reason,
+    )
+
+
+def foreground_ratio(n_fg: Tensor, n_bg: Tensor) -> tuple[float | None, int]:
+    """lambda of Eq. 5 and the number of samples left out of it.
+
+    The mean of N_fg / (N_fg + N_bg) over the samples with at least one
+    knowledge point; a sample without any (or undefined, whose counts are 0)
+    has no ratio and is counted as excluded.  None when every sample is excluded.
+    """
+    total = n_fg + n_bg
+    used = total > 0
+    excluded = int((~used).sum())
+    if not bool(used.any()):
+        return None, excluded
+    return float((n_fg[used].double() / total[used].double()).mean()), excluded
+
+
+@dataclass
+class PointSummary:
+    n_fg_mean: float | None  # mean N_fg over defined samples
+    n_bg_mean: float | None
+    foreground_ratio: float | None  # lambda, Eq. 5
+    n_defined: int
+    n_undefined: int
+    n_without_points: int  # defined samples excluded from lambda
+
+
+def summarize_points(points: KnowledgePoints) -> PointSummary:
+    """Mean N_fg, N_bg and lambda over the defined samples (the paper's table entries)."""
+    d = points.defined
+    n_def = int(d.sum())
+    if n_def == 0:
+        return PointSummary(None, None, None, 0, len(d), 0)
+    ratio, excluded = foreground_ratio(points.n_fg[d], points.n_bg[d])
+    return PointSummary(
+        n_fg_mean=float(points.n_fg[d].double().mean()),
+        n_bg_mean=float(points.n_bg[d].double().mean()),
+        foreground_ratio=ratio,
+        n_defined=n_def,
+        n_undefined=len(d) - n_def,
+        n_without_points=excluded,
+    )

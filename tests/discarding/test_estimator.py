@@ -1,0 +1,173 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from kdlens.discarding import element_units, grid_units, information_discarding
+from kdlens.models.base import NamedLayerModel
+
+ALPHA, TAU = 2.0, 0.1
+# enough Monte-Carlo draws and steps for the closed-form checks (the defaults are for real CNNs)
+EXACT = dict(alpha=ALPHA, tau=TAU, steps=1500, lr=0.03, noise_samples=64, variance_samples=512)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # tiny tensors: a second intra-op thread only adds contention on a 2-core machine
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def linear(n_in=8, n_out=6, bias=True, seed=0):
+    torch.manual_seed(seed)
+    lin = nn.Linear(n_in, n_out, bias=bias)
+    with torch.no_grad():  # columns of clearly different norms
+        lin.weight.mul_(torch.tensor([0.25, 0.5, 1.0, 2.0, 4.0, 0.5, 1.0, 3.0])[:n_in])
+    return lin
+
+
+def test_linear_closed_form_one_unit_per_element():
+    """f(x) = W x + c, one unit per input element, n = 8 units, c_i = ||W_:,i||^2.
+
+    f(x + sigma o delta) - f(x) = W (sigma o delta), so
+    E||f(x') - f(x)||^2 = sum_i sigma_i^2 c_i, and with s_i = log sigma_i
+        Loss = sum_i e^{2 s_i} c_i / delta_f^2 - alpha/n sum_i s_i - alpha 1/2 log(2 pi e).
+    dLoss/ds_i = 2 e^{2 s_i} c_i / delta_f^2 - alpha/n = 0 gives the unique minimum
+        sigma_i^2 = alpha delta_f^2 / (2 n c_i),
+    hence sigma_i / sigma_j = sqrt(c_j / c_i) whatever delta_f^2; and
+    delta_f^2 = E||W tau delta||^2 = tau^2 ||W||_F^2.  The bias cancels.
+    """
+    lin = linear(bias=True)
+    x = torch.randn(3, 8)
+    r = information_discarding(lin, x, None, element_units((8,)), **EXACT)
+    c = lin.weight.detach().pow(2).sum(0)
+    assert r.valid.all() and r.converged.all()
+    fro = TAU**2 * lin.weight.detach().pow(2).sum()
+    # a Monte-Carlo estimate (the closed form below uses the returned value itself)
+    assert torch.allclose(r.feature_variance, fro.expand(3), rtol=0.2)
+    expected = (ALPHA * r.feature_variance[:, None] / (2 * 8 * c)).sqrt()
+    rel = (r.sigma / expected - 1).abs()
+    assert rel.max() < 0.04, rel.max()
+    ratios = r.sigma / r.sigma[:, :1]
+    assert torch.allclose(ratios, (c[0] / c).sqrt().expand(3, 8), rtol=0.05)
+    assert torch.allclose(r.entropy, r.sigma.log() + 0.5 * math.log(2 * math.pi * math.e))
+    # at the optimum the feature term equals alpha / 2
+    optimum = ALPHA / 2 - ALPHA * (expected.log().mean(1) + 0.5 * math.log(2 * math.pi * math.e))
+    assert torch.allclose(r.final_loss, optimum, atol=0.05)
+
+
+def test_linear_closed_form_grouped_units():
+    """Units u group elements and share sigma_u; n = 4 units, C_u = sum_{i in u} ||W_:,i||^2.
+
+    E||f(x') - f(x)||^2 = sum_u sigma_u^2 C_u and the entropy term is alpha/n sum_u s_u,
+    so the same derivation gives sigma_u^2 = alpha delta_f^2 / (2 n C_u).
+    """
+    lin = linear(bias=False, seed=1)
+    units = torch.tensor([0, 0, 1, 1, 1, 2, 3, 3])
+    x = torch.randn(2, 8)
+    r = information_discarding(lin, x, None, units, **EXACT)
+    c = lin.weight.detach().pow(2).sum(0)
+    big_c = torch.zeros(4).index_add_(0, units, c)
+    expected = (ALPHA * r.feature_variance[:, None] / (2 * 4 * big_c)).sqrt()
+    assert r.sigma.shape == (2, 4)
+    assert (r.sigma / expected - 1).abs().max() < 0.04
+
+
+def test_dead_relu_is_invalid_without_nan():
+    lin = nn.Linear(8, 6)
+    with torch.no_grad():
+        lin.weight.copy_(torch.rand(6, 8) + 0.1)
+        lin.bias.zero_()
+    model = nn.Sequential(lin, nn.ReLU())
+    x = torch.stack([torch.rand(8), torch.full((8,), -100.0)])  # sample 1: every unit dead
+    r = information_discarding(model, x, None, element_units((8,)), steps=20)
+    assert r.valid.tolist() == [True, False]
+    assert r.invalid_reason[0] is None and "delta_f^2 == 0" in r.invalid_reason[1]
+    for t in (r.sigma, r.entropy, r.feature_variance, r.final_loss, r.loss_history):
+        assert not torch.isnan(t).any()
+    assert torch.allclose(r.sigma[1], torch.full((8,), TAU))
+    assert not r.converged[1] and r.final_loss[1] == math.inf
+
+
+def test_warm_start_from_optimum():
+    lin = linear()
+    x = torch.randn(2, 8)
+    cold = information_discarding(lin, x, None, element_units((8,)), **EXACT)
+    # same seed: the same delta_f^2 estimate as the cold run; a smaller lr because Adam's
+    # first steps have size ~lr whatever the gradient, which would only jitter around the optimum
+    warm_args = dict(EXACT, steps=40, lr=0.01)
+    warm = information_discarding(lin, x, None, element_units((8,)), init_sigma=cold.sigma, **warm_args)
+    start = information_discarding(lin, x, None, element_units((8,)), **warm_args)  # from sigma = tau
+    # a single step's loss is a Monte-Carlo draw: compare the first 10 steps' mean
+    assert torch.allclose(warm.loss_history[:10].mean(0), cold.final_loss, atol=0.08)
+    assert (start.loss_history[:10].mean(0) - cold.final_loss).min() > 1.0
+    assert warm.converged.all()
+    assert (warm.sigma / cold.sigma - 1).abs().max() < 0.08
+    assert (start.sigma / cold.sigma - 1).abs().max() > 0.5
+
+
+def test_same_seed_same_result():
+    lin, x, u = linear(), torch.randn(2, 8), element_units((8,))
+    a = information_discarding(lin, x, None, u, steps=30, seed=5)
+    b = information_discarding(lin, x, None, u, steps=30, generator=torch.Generator().manual_seed(5))
+    c = information_discarding(lin, x, None, u, steps=30, seed=6)
+    assert torch.equal(a.sigma, b.sigma) and torch.equal(a.loss_history, b.loss_history)
+    assert not torch.equal(a.sigma, c.sigma)
+
+
+class Boom(nn.Module):
+    def forward(self, x):
+        raise AssertionError("a stage above the measured layer was run")
+
+
+def test_forward_stops_at_named_layer_and_restores_model():
+    model = NamedLayerModel([
+        ("conv", nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten())),
+        ("fc1", nn.Sequential(nn.Linear(4 * 8 * 8, 16), nn.Tanh(), nn.Dropout(0.5))),
+        ("fc2", Boom()),
+        ("fc3", Boom()),
+    ])
+    model.train()
+    model.stages["conv"].requires_grad_(False)  # a caller's frozen stage stays frozen
+    flags = [p.requires_grad for p in model.parameters()]
+    r = information_discarding(model, torch.randn(2, 3, 8, 8), "fc1", grid_units(8, 8, 4), steps=5)
+    assert r.sigma.shape == (2, 16) and r.valid.all()
+    assert model.training and all(m.training for m in model.modules())
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert all(p.grad is None for p in model.parameters())
+    with pytest.raises(KeyError):
+        information_discarding(model, torch.randn(2, 3, 8, 8), "fc9", grid_units(8, 8, 4), steps=1)
+
+
+def test_forward_stops_at_module_of_plain_model():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 4), nn.ReLU(), Boom())
+    x = torch.rand(2, 1, 4, 4) + 1.0
+    r = information_discarding(model, x, "1", grid_units(4, 4, 2), steps=5)
+    assert r.valid.all()
+    assert not model[3]._forward_hooks and not model[1]._forward_hooks
+    with pytest.raises(ValueError, match=r"\(3, 3\).*\(1, 4, 4\)"):
+        information_discarding(model, x, "1", torch.zeros(3, 3, dtype=torch.long), steps=1)
+
+
+class LeftHalf(nn.Module):
+    """f(x) = W . (left half of the image), flattened: the right half is never looked at."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8 * 4, 10)
+
+    def forward(self, x):
+        return self.lin(x[..., :, :4].flatten(1))
+
+
+def test_noise_concentrates_on_ignored_units():
+    x = torch.randn(3, 1, 8, 8)
+    units = grid_units(8, 8, 4)  # 2x2-pixel cells, grid columns 0-1 are the left half
+    r = information_discarding(LeftHalf(), x, None, units, steps=200)
+    sigma = r.sigma.reshape(3, 4, 4)
+    left, right = sigma[:, :, :2], sigma[:, :, 2:]
+    assert r.valid.all()
+    assert right.min() > 100 * left.max()
