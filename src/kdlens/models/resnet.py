@@ -100,27 +100,24 @@ def _resnet(
     )
 
 
-@MODELS.register("resnet18")
-def resnet18(
-    num_classes: int,
-    image_size: int,
-    width: float = 1.0,
-    dropout: float = 0.5,
-    in_channels: int = 3,
-    **kwargs,
-) -> NamedLayerModel:
-    reject_options("resnet18", kwargs)
-    return _resnet((2, 2, 2, 2), num_classes, image_size, width, dropout, in_channels)
+BLOCKS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
 
 
-@MODELS.register("resnet34")
-def resnet34(
-    num_classes: int,
-    image_size: int,
-    width: float = 1.0,
-    dropout: float = 0.5,
-    in_channels: int = 3,
-    **kwargs,
-) -> NamedLayerModel:
-    reject_options("resnet34", kwargs)
-    return _resnet((3, 4, 6, 3), num_classes, image_size, width, dropout, in_channels)
+def _register(arch: str):
+    @MODELS.register(arch)
+    def factory(
+        num_classes: int,
+        image_size: int,
+        width: float = 1.0,
+        dropout: float = 0.5,
+        in_channels: int = 3,
+        **kwargs,
+    ) -> NamedLayerModel:
+        reject_options(arch, kwargs)
+        return _resnet(BLOCKS[arch], num_classes, image_size, width, dropout, in_channels)
+
+    factory.__name__ = factory.__qualname__ = arch
+    return factory
+
+
+resnet18, resnet34 = (_register(arch) for arch in BLOCKS)

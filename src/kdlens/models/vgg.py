@@ -83,43 +83,22 @@ def _vgg(
     )
 
 
-@MODELS.register("vgg11")
-def vgg11(
-    num_classes: int,
-    image_size: int,
-    width: float = 1.0,
-    dropout: float = 0.5,
-    in_channels: int = 3,
-    batch_norm: bool = True,
-    **kwargs,
-) -> NamedLayerModel:
-    reject_options("vgg11", kwargs)
-    return _vgg("vgg11", num_classes, image_size, width, dropout, in_channels, batch_norm)
+def _register(arch: str):
+    @MODELS.register(arch)
+    def factory(
+        num_classes: int,
+        image_size: int,
+        width: float = 1.0,
+        dropout: float = 0.5,
+        in_channels: int = 3,
+        batch_norm: bool = True,
+        **kwargs,
+    ) -> NamedLayerModel:
+        reject_options(arch, kwargs)
+        return _vgg(arch, num_classes, image_size, width, dropout, in_channels, batch_norm)
+
+    factory.__name__ = factory.__qualname__ = arch
+    return factory
 
 
-@MODELS.register("vgg16")
-def vgg16(
-    num_classes: int,
-    image_size: int,
-    width: float = 1.0,
-    dropout: float = 0.5,
-    in_channels: int = 3,
-    batch_norm: bool = True,
-    **kwargs,
-) -> NamedLayerModel:
-    reject_options("vgg16", kwargs)
-    return _vgg("vgg16", num_classes, image_size, width, dropout, in_channels, batch_norm)
-
-
-@MODELS.register("vgg19")
-def vgg19(
-    num_classes: int,
-    image_size: int,
-    width: float = 1.0,
-    dropout: float = 0.5,
-    in_channels: int = 3,
-    batch_norm: bool = True,
-    **kwargs,
-) -> NamedLayerModel:
-    reject_options("vgg19", kwargs)
-    return _vgg("vgg19", num_classes, image_size, width, dropout, in_channels, batch_norm)
+vgg11, vgg16, vgg19 = (_register(arch) for arch in CONFIGS)
