@@ -46,8 +46,28 @@ STAGE_SIDES = {
 }
 
 
+# Side of fc1's adaptive pool: the family's side at 224 (VGG 7, AlexNet 6,
+# ResNet global 1) times image_size / 224, rounded, clamped to [1, side at 224].
+POOL_SIDES = {
+    "alexnet": {16: 1, 64: 2, 95: 3, 96: 3, 128: 3, 224: 6},
+    "vgg": {16: 1, 64: 2, 95: 3, 96: 3, 128: 4, 224: 7},
+    "resnet": {16: 1, 64: 1, 95: 1, 96: 1, 128: 1, 224: 1},
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # These models are tiny: intra-op threads only fight each other (and any
+    # other test run on the machine), which made this file ~10x slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_every_model_has_expectations():
     assert set(ALL) == set(SMALL) == set(LARGE) == set(STAGE_SIDES)
+    assert all(arch.rstrip("0123456789") in POOL_SIDES for arch in ALL)
 
 
 def _model(arch: str, size: int = 32, width: float = 0.25, seed: int = 0, **kw):
@@ -114,8 +134,11 @@ def test_capture_matches_stage_output_and_cleans_up(arch):
         with pytest.raises(RuntimeError):
             capture(model, torch.randn(B, 5, 32, 32), ["stages.conv", "stages.fc1"])
     assert all(not m._forward_hooks for m in model.modules())
-    with pytest.raises(KeyError, match="stages.nope"):
+    hint = r"'stages\.nope' \(valid prefix 'stages'; below it: stages\.conv, "
+    with pytest.raises(KeyError, match=hint):
         capture(model, x, ["stages.conv", "stages.nope"])
+    with pytest.raises(KeyError, match=r"'conv' \(did you mean 'stages\.conv'\?\)"):
+        capture(model, x, ["conv"])
     assert all(not m._forward_hooks for m in model.modules())
 
 
@@ -133,6 +156,20 @@ def test_stage_ends(arch):
     # the last stage end of VGG/AlexNet is the top conv's ReLU: the conv output
     if not arch.startswith("resnet"):
         assert ends[-1] == f"stages.conv.{len(model.stages['conv']) - 1}"
+
+
+@pytest.mark.parametrize("size", [16, 64, 95, 96, 128])
+@pytest.mark.parametrize("arch", ALL)
+def test_other_input_sizes(arch, size):
+    # The small/ImageNet switch is at 96; both sides of it, the 16x16 floor and
+    # a size between 96 and 224 must run and pool as the rule says.
+    model = _model(arch, size, width=0.125)
+    side = POOL_SIDES[arch.rstrip("0123456789")][size]
+    pool = next(m for m in model.stages["fc1"] if isinstance(m, nn.AdaptiveAvgPool2d))
+    assert pool.output_size == side
+    with torch.no_grad():
+        feats = model.features(torch.randn(1, 3, size, size), PAPER_LAYERS)
+    assert feats["fc3"].shape == (1, CLASSES)
 
 
 def test_vgg_batch_norm_option():

@@ -8,10 +8,12 @@ Linear + ReLU; ``fc2`` = Dropout + Linear + ReLU; ``fc3`` = Dropout + Linear.
 Full-size hidden width is 4096.
 
 Input size: at ``image_size >= 96`` the ImageNet definition (11x11 stride-4
-first conv, 5x5 second, 3x3 max-pools with stride 2, 6x6 adaptive pool; a
-224x224 image reaches fc1 as 256x13x13). Below 96 a CIFAR-style variant: all
-convs 3x3 stride 1, 2x2 max-pools, 1x1 adaptive pool (a 32x32 image reaches fc1
-as 256x8x8), so nothing pools to zero size down to 16x16.
+first conv, 5x5 second, 3x3 max-pools with stride 2; a 224x224 image reaches
+fc1 as 256x13x13, max-pooled to 6x6). Below 96 a CIFAR-style variant: all convs
+3x3 stride 1, 2x2 max-pools (a 32x32 image reaches fc1 as 256x8x8, max-pooled
+to 4x4), so nothing pools to zero size down to 16x16. The adaptive pool's side
+is 6 scaled by ``image_size / 224``, clamped to [1, 6] (``catalog.pool_size``):
+6 at 224, 1 at 32.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from kdlens.models.catalog import (
     MODELS,
     SMALL_INPUT_BELOW,
     assemble,
+    pool_size,
     reject_options,
     relu,
     scaled,
@@ -47,15 +50,12 @@ def alexnet(
         def pool() -> nn.Module:
             return nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True)
 
-        adaptive = 1
     else:
         conv1 = nn.Conv2d(in_channels, c1, 11, stride=4, padding=2)
         conv2 = nn.Conv2d(c1, c2, 5, padding=2)
 
         def pool() -> nn.Module:
             return nn.MaxPool2d(kernel_size=3, stride=2)
-
-        adaptive = 6
     conv = nn.Sequential(
         conv1, relu(), pool(),  # 0-2
         conv2, relu(), pool(),  # 3-5
@@ -67,7 +67,7 @@ def alexnet(
         conv,
         top_channels=c5,
         pre_pool=[pool()],
-        pool=adaptive,
+        pool=pool_size(6, image_size),
         hidden=scaled(4096, width),
         num_classes=num_classes,
         dropout=dropout,

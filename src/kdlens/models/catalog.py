@@ -20,6 +20,14 @@ MODELS: Registry[NamedLayerModel] = Registry("model")
 SMALL_INPUT_BELOW = 96
 
 
+def pool_size(size_at_224: int, image_size: int) -> int:
+    """The side of fc1's adaptive average pool: the side the top feature map has
+    at 224x224 (7 for VGG, 6 for AlexNet), scaled by ``image_size / 224`` and
+    clamped to [1, size_at_224], so a smaller image is not pooled *up* into
+    repeated copies of a few values (1 at 32x32, 3 for VGG at 96x96)."""
+    return min(size_at_224, max(1, round(size_at_224 * image_size / 224)))
+
+
 def scaled(channels: int, width: float) -> int:
     """A channel count or hidden size times ``width``, floored so tiny widths still work."""
     return max(4, round(channels * width))

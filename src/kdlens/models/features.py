@@ -17,13 +17,14 @@ def capture(model: nn.Module, inputs: Tensor, module_names: Sequence[str]) -> di
 
     Names are the dotted names of ``model.named_modules()`` (e.g.
     ``"stages.conv.3"``). A module run more than once in the pass keeps its last
-    output. The hooks are removed even if the forward pass raises.
+    output; one the pass never reaches is left out. The hooks are removed even
+    if the forward pass raises.
     """
     modules = dict(model.named_modules())
     missing = [name for name in module_names if name not in modules]
     if missing:
-        names = ", ".join(map(repr, missing))
-        raise KeyError(f"{type(model).__name__} has no submodule(s) {names}")
+        hints = "; ".join(_hint(modules, name) for name in missing)
+        raise KeyError(f"{type(model).__name__} has no submodule {hints}")
     captured: dict[str, Any] = {}
     handles = []
     try:
@@ -38,6 +39,25 @@ def capture(model: nn.Module, inputs: Tensor, module_names: Sequence[str]) -> di
         for handle in handles:
             handle.remove()
     return {name: captured[name] for name in dict.fromkeys(module_names) if name in captured}
+
+
+def _hint(modules: dict[str, nn.Module], name: str) -> str:
+    """``name`` and what it may have meant: a full name ending in it, or else the
+    names one level below its longest valid prefix."""
+    endings = [valid for valid in modules if valid.endswith("." + name)]
+    if endings:
+        return f"{name!r} (did you mean {endings[0]!r}?)"
+    parts = name.split(".")
+    prefix = next(
+        p for p in (".".join(parts[:i]) for i in range(len(parts) - 1, -1, -1)) if p in modules
+    )
+    children = [f"{prefix}.{c}" if prefix else c for c, _ in modules[prefix].named_children()]
+    shown = ", ".join(children[:8]) + (", ..." if len(children) > 8 else "")
+    if not prefix:
+        return f"{name!r} (names start with: {shown})"
+    if not children:
+        return f"{name!r} (valid prefix {prefix!r} has no submodules)"
+    return f"{name!r} (valid prefix {prefix!r}; below it: {shown})"
 
 
 def stage_end_modules(model: nn.Module) -> list[str]:

@@ -7,11 +7,12 @@ max-pool is left out); ``fc1`` = that max-pool + adaptive average pool +
 Linear + ReLU; ``fc2`` = Dropout + Linear + ReLU; ``fc3`` = Dropout + Linear.
 Full-size hidden width is 4096.
 
-Input size: the definition is the same at every size. At ``image_size >= 96``
-the adaptive pool is 7x7 (as torchvision: a 224x224 image reaches fc1 as
-512x14x14, pooled to 7x7); below 96 it is 1x1 (a 32x32 image reaches fc1 as
-512x2x2, pooled to 1x1). Max-pools use ``ceil_mode`` so odd or tiny sizes
-(down to 16x16) never pool to nothing; for 32 and 224 this changes nothing.
+Input size: the definition is the same at every size (``SMALL_INPUT_BELOW``
+does not apply). The adaptive pool's side is 7 scaled by ``image_size / 224``,
+clamped to [1, 7] (``catalog.pool_size``): 7x7 at 224 as in torchvision (a
+224x224 image reaches fc1 as 512x14x14, max-pooled to 7x7), 1x1 at 32 (512x2x2,
+max-pooled to 1x1). Max-pools use ``ceil_mode`` so odd or tiny sizes (down to
+16x16) never pool to nothing; for 32 and 224 this changes nothing.
 
 ``batch_norm`` (default True) puts BatchNorm after every conv, as in
 ``vgg*_bn``: plain VGG trained from scratch on small data often fails to start
@@ -25,8 +26,8 @@ from torch import nn
 from kdlens.models.base import NamedLayerModel
 from kdlens.models.catalog import (
     MODELS,
-    SMALL_INPUT_BELOW,
     assemble,
+    pool_size,
     reject_options,
     relu,
     scaled,
@@ -75,7 +76,7 @@ def _vgg(
         nn.Sequential(*layers),
         top_channels=channels,
         pre_pool=[_pool()],
-        pool=1 if image_size < SMALL_INPUT_BELOW else 7,
+        pool=pool_size(7, image_size),
         hidden=scaled(4096, width),
         num_classes=num_classes,
         dropout=dropout,
