@@ -18,6 +18,15 @@ def test_train_command_trains_and_resumes(tmp_path, capsys):
     assert sorted(p.name for p in (out / "baseline" / "checkpoints").iterdir()) == ["epoch_000.pt", "epoch_001.pt"]
     assert main(["train", "--config", str(config), "--out", str(out), "--quiet"]) == 0
 
+    capsys.readouterr()
+    analyze = ["analyze", str(out), "--samples", "2", "--grid", "4", "--steps", "5", "--quiet"]
+    assert main(analyze) == 0
+    printed = capsys.readouterr().out
+    assert "baseline" in printed and "n_fg" in printed
+    assert list((out / "analysis").glob("fc1-*/summary-b0.2.json"))
+    assert main([*analyze[:2], "--layer", "fc7", *analyze[2:]]) == 2
+    assert "no layer 'fc7'" in capsys.readouterr().err
+
 
 def test_bad_config_is_a_one_line_error(tmp_path, capsys):
     config = tmp_path / "bad.yaml"

@@ -35,6 +35,33 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _analyze(args: argparse.Namespace) -> int:
+    from kdlens.discarding.analyze import AnalysisSettings, analyze_role, summarize_role
+    from kdlens.store import RunDirectory, atomic_write_json
+
+    run = RunDirectory(args.run)
+    if not run.config_path.is_file():
+        raise FileNotFoundError(f"{args.run!r} is not a kdlens run directory (no config.yaml)")
+    settings = AnalysisSettings(layer=args.layer, grid=args.grid, threshold=args.threshold, steps=args.steps)
+    roles = [r for r in ("teacher", "student", "baseline") if run.role(r).latest() is not None]
+    summaries = {}
+    for role in roles:
+        epochs = [run.role(role).latest()] if role == "teacher" else None
+        analysis = analyze_role(run, role, settings, args.samples, split=args.split, epochs=epochs,
+                                max_epochs=args.max_epochs, progress=not args.quiet)
+        summaries[role] = summarize_role(analysis, settings)
+    out = run.root / "analysis" / f"{settings.layer}-{settings.key()}" / f"summary-b{settings.threshold}.json"
+    atomic_write_json(out, summaries)
+    keys = ("n_fg", "n_bg", "lambda", "d_mean", "d_var", "rho", "accuracy")
+    print(f"layer {args.layer}, {args.samples} {args.split} samples, grid {args.grid}x{args.grid}, b = {args.threshold}")
+    print(f"{'':9s}" + "".join(f"{k:>10s}" for k in keys))
+    for role, summary in summaries.items():
+        cells = (summary.get(k) for k in keys)
+        print(f"{role:9s}" + "".join(f"{v:10.3f}" if v is not None else f"{'-':>10s}" for v in cells))
+    print(f"-> {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdlens", description=__doc__)
     parser.add_argument("--version", action="version", version=f"kdlens {__version__}")
@@ -46,6 +73,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--roles", help="comma-separated subset of teacher,baseline,student")
     train.add_argument("--quiet", action="store_true", help="no progress output")
     train.set_defaults(handler=_train)
+
+    analyze = commands.add_parser("analyze", help="knowledge points of every checkpoint of a run (cached, resumable)")
+    analyze.add_argument("run", help="run directory made by `kdlens train`")
+    analyze.add_argument("--layer", default="fc1", help="named layer to measure (default fc1)")
+    analyze.add_argument("--samples", type=int, default=16, help="number of fixed samples (default 16)")
+    analyze.add_argument("--split", default="train", choices=["train", "test"],
+                         help="where the samples come from (the paper used training images)")
+    analyze.add_argument("--max-epochs", type=int, help="analyse at most this many checkpoints per model")
+    analyze.add_argument("--grid", type=int, default=16, help="units: a GxG grid over the image (default 16)")
+    analyze.add_argument("--threshold", type=float, default=0.2, help="b, the knowledge-point threshold (default 0.2)")
+    analyze.add_argument("--steps", type=int, default=300, help="optimisation steps from a cold start (default 300)")
+    analyze.add_argument("--quiet", action="store_true", help="no progress output")
+    analyze.set_defaults(handler=_analyze)
     return parser
 
 
@@ -53,8 +93,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as exc:
-        print(f"kdlens: error: {exc}", file=sys.stderr)
+    except (ConfigError, ValueError, KeyError, FileNotFoundError, RuntimeError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"kdlens: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("kdlens: interrupted; run the same command again to resume from the last checkpoint",

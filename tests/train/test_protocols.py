@@ -5,8 +5,8 @@ import torch
 
 from kdlens.config import parse_config
 from kdlens.store import RunDirectory
-from kdlens.train import build_datasets, load_teacher, student_split, train_from_scratch, train_roles, train_student
-from kdlens.train.protocols import build_network
+from kdlens.builders import build_datasets, build_network, student_split
+from kdlens.train import load_teacher, train_from_scratch, train_roles, train_student
 
 from conftest import tiny_raw
 

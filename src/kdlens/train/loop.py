@@ -27,7 +27,7 @@ from kdlens.config import OptimConfig
 from kdlens.store import CheckpointStore
 from kdlens.train.evaluate import evaluate
 from kdlens.train.optim import build_optimizer
-from kdlens.train.seeding import derive_seed, seed_everything
+from kdlens.seeding import derive_seed, seed_everything
 
 Objective = Callable[[Tensor, Tensor], Tensor]
 

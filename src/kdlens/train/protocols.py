@@ -23,54 +23,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from kdlens.config import ExperimentConfig, ModelConfig, dump_config
-from kdlens.data import DATASETS, fraction_subset
+from kdlens.builders import build_datasets, build_network, resolve_device, student_split
+from kdlens.config import ExperimentConfig, dump_config
 from kdlens.distill import METHODS
-from kdlens.models import NamedLayerModel, build_model
+from kdlens.models import NamedLayerModel
 from kdlens.store import RunDirectory
 from kdlens.train.loop import Phase, train_phases
-from kdlens.train.seeding import derive_seed
 
 EpochCallback = Optional[Callable[[int], None]]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device = {name!r}: CUDA is not available here; expected 'auto' or 'cpu'")
-    return device
-
-
-def build_datasets(config: ExperimentConfig) -> tuple[Dataset, Dataset]:
-    """(full training set, test set) for the configured data."""
-    data = config.data
-    if data.name == "synthetic":
-        common = dict(
-            image_size=data.image_size, num_classes=data.num_classes, seed=config.seed,
-            distractors=data.distractors, spurious_strength=data.spurious_strength, noise=data.noise,
-        )
-        sizes = {"train": data.train_size, "test": data.test_size}
-        return tuple(DATASETS.build("synthetic", split=s, num_samples=sizes[s], **common) for s in ("train", "test"))
-    common = dict(root=data.path, image_size=data.image_size)
-    if data.name == "cub":
-        common.update(mask_source=data.mask_source, bbox_crop=data.bbox_crop)
-    return tuple(DATASETS.build(data.name, split=s, **common) for s in ("train", "test"))
-
-
-def student_split(config: ExperimentConfig, full_train: Dataset) -> Dataset:
-    """The fraction of the training set that the student and the baseline share."""
-    return fraction_subset(full_train, config.data.student_fraction, derive_seed(config.seed, "fraction"))
-
-
-def build_network(model: ModelConfig, config: ExperimentConfig, num_classes: int, init: str) -> NamedLayerModel:
-    """A model with initial weights drawn from ``(seed, init)``."""
-    torch.manual_seed(derive_seed(config.seed, "init", init))
-    return build_model(
-        model.arch, num_classes=num_classes, image_size=config.data.image_size,
-        width=model.width, dropout=model.dropout,
-    )
 
 
 def _classification_phase(name: str, model: NamedLayerModel, optim, trainable, trained_layers) -> Phase:
