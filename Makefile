@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow clean
+.PHONY: demo demo-quick test test-slow clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -13,7 +13,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/kdlens train --config configs/synthetic-vgg.yaml --out runs/demo
+	$(VENV)/bin/kdlens demo --out runs/demo
+
+demo-quick: $(STAMP)
+	$(VENV)/bin/kdlens demo --quick --out runs/demo-quick
 
 test: $(STAMP)
 	$(PY) -m pytest

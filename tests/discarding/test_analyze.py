@@ -92,6 +92,8 @@ def test_summary_has_the_papers_metrics(run):
     for key in ("n_fg", "n_bg", "lambda", "accuracy", "d_mean", "d_var", "rho"):
         assert key in summary
     assert [row["epoch"] for row in summary["per_epoch"]] == [0, 1, 2]
+    final = run.role("student").load(4)["metrics"]["test_accuracy"]
+    assert summary["accuracy"] == final  # the trained student's, not the end of distillation
     teacher = summarize_role(analyze_role(run, "teacher", FAST, 3, epochs=[2], progress=False), FAST)
     assert "d_mean" not in teacher and teacher["epochs"] == [2]
 

@@ -79,6 +79,7 @@ class RoleAnalysis:
     distances: Tensor  # (E,) float64
     test_accuracy: list[float]
     indices: list[int]
+    final_accuracy: float  # of the role's last checkpoint, analysed or not
 
 
 def analysis_indices(size: int, count: int, seed: int) -> list[int]:
@@ -216,6 +217,7 @@ def analyze_role(
         distances=torch.tensor([distance_at[e] for e in chosen], dtype=torch.float64),
         test_accuracy=[metrics[e]["test_accuracy"] for e in chosen],
         indices=indices,
+        final_accuracy=metrics[available[-1]]["test_accuracy"],
     )
 
 
@@ -245,7 +247,9 @@ def summarize_role(analysis: RoleAnalysis, settings: AnalysisSettings) -> dict:
     summary = {
         "epochs": analysis.epochs, "samples": len(analysis.indices),
         "n_fg": last["n_fg"], "n_bg": last["n_bg"], "lambda": last["lambda"],
-        "accuracy": last["test_accuracy"], "per_epoch": per_epoch,
+        # The model's own accuracy: a student analysed at its distilled layer
+        # stops changing there before its head is trained.
+        "accuracy": analysis.final_accuracy, "per_epoch": per_epoch,
     }
     if len(analysis.epochs) >= 3 and analysis.epochs[0] == 0:
         defined = torch.stack([p.defined for p in points]).all(0)

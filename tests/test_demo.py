@@ -1,0 +1,34 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from kdlens.config import load_config
+from kdlens.experiment import demo_config, run_demo
+
+ROOT = Path(__file__).parents[1]
+
+
+def test_shipped_demo_config_is_the_demo():
+    assert load_config(ROOT / "configs" / "synthetic-vgg.yaml") == demo_config()
+
+
+def test_quick_demo_is_smaller():
+    quick, full = demo_config(quick=True), demo_config()
+    assert quick.data.train_size < full.data.train_size and quick.teacher.epochs < full.teacher.epochs
+
+
+@pytest.mark.slow
+def test_quick_demo_writes_the_whole_report(tmp_path):
+    files = run_demo(tmp_path, quick=True, progress=False)
+    for name in ("report.md", "report.html", "metrics.json"):
+        assert (tmp_path / name).is_file() and name in files
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(metrics["hypotheses"]) == {"h1", "h2", "h3"}
+    for layer in ("fc1", "conv"):
+        models = metrics["layers"][layer]
+        for key in ("n_fg", "n_bg", "lambda", "accuracy"):
+            assert all(key in models[role] for role in ("teacher", "student", "baseline"))
+        for key in ("d_mean", "d_var", "rho"):
+            assert all(key in models[role] for role in ("student", "baseline"))
+    assert list((tmp_path / "figures").glob("*.png"))
