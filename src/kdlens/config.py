@@ -108,7 +108,9 @@ class StudentConfig(Strict):
     method_options: dict[str, Any] = Field(
         default_factory=dict, description="keyword arguments of the method, e.g. {reduction: mean}"
     )
-    distill: OptimConfig = OptimConfig(lr=0.01)
+    # The summed distillation loss has gradients about feature-size times a
+    # cross-entropy's: a larger rate kills the student's ReLUs at the layer.
+    distill: OptimConfig = OptimConfig(lr=0.003)
     classify: OptimConfig = OptimConfig()
     teacher_checkpoint: Optional[Path] = None
 
