@@ -2,7 +2,6 @@
 
 import json
 
-import pytest
 import torch
 
 from kdlens.report import hypothesis_verdicts, write_report

@@ -48,5 +48,6 @@ __all__ = [
     "stability",
     "summarize_points",
     "token_units",
+    "unit_foreground_share",
     "weight_distances",
 ]

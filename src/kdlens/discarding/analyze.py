@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from kdlens.builders import build_datasets, build_network
 from kdlens.config import load_config
-from kdlens.discarding.dynamics import d_mean_var, distance_to_peak, stability, weight_distances
+from kdlens.discarding.dynamics import d_mean_var, stability, weight_distances
 from kdlens.discarding.estimator import HALF_LOG_2PIE, information_discarding
 from kdlens.discarding.knowledge_points import foreground_ratio, knowledge_points
 from kdlens.discarding.units import foreground_units, grid_units, unit_foreground_share

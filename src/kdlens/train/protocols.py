@@ -20,7 +20,6 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.utils.data import Dataset
 
 from kdlens.builders import build_datasets, build_network, resolve_device, student_split
