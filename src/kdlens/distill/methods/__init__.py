@@ -1,3 +1,5 @@
 """One file per distillation method; importing this package registers them all."""
 
+from kdlens.distill.methods import attention  # noqa: F401
 from kdlens.distill.methods import feature_mse  # noqa: F401
+from kdlens.distill.methods import kd  # noqa: F401
