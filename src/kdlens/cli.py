@@ -66,7 +66,7 @@ def _demo(args: argparse.Namespace) -> int:
     from kdlens.experiment import run_demo
 
     began = time.perf_counter()
-    files = run_demo(args.out, quick=args.quick, progress=not args.quiet)
+    files = run_demo(args.out, quick=args.quick, split=args.split, progress=not args.quiet)
     print(f"demo finished in {time.perf_counter() - began:.0f}s")
     for name, path in files.items():
         print(f"  {name:10s} {path}")
@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="the whole paper on the built-in synthetic data, with its report")
     demo.add_argument("--out", default="runs/demo", help="output directory (default runs/demo); resumes")
     demo.add_argument("--quick", action="store_true", help="a smaller version for smoke tests")
+    demo.add_argument("--split", default="train", choices=["train", "test"],
+                      help="where the analysed samples come from (the paper used training images)")
     demo.add_argument("--quiet", action="store_true", help="no progress output")
     demo.set_defaults(handler=_demo)
     return parser

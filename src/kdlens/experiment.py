@@ -107,12 +107,12 @@ def run_experiment(
     return write_report(out, data)
 
 
-def run_demo(out: str | Path, *, quick: bool = False, progress: bool = True) -> dict[str, Path]:
+def run_demo(out: str | Path, *, quick: bool = False, split: str = "train", progress: bool = True) -> dict[str, Path]:
     """The demo on the built-in synthetic data; ``quick`` is a smaller version for smoke tests."""
     config = demo_config(quick)
     settings = AnalysisSettings(grid=8, steps=150, warm_steps=50) if quick else AnalysisSettings()
     return run_experiment(
-        config, out, settings=settings, samples=6 if quick else 16, max_epochs=4 if quick else 8,
+        config, out, settings=settings, samples=6 if quick else 16, split=split, max_epochs=4 if quick else 8,
         title="kdlens demo" + (" (quick)" if quick else "") + ": VGG-11 on synthetic shapes",
         progress=progress,
     )
