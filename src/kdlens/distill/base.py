@@ -28,3 +28,17 @@ class DistillationMethod(nn.Module):
         targets: Optional[Tensor] = None,
     ) -> Tensor:
         raise NotImplementedError
+
+    def features(
+        self, student: Mapping[str, Tensor], teacher: Mapping[str, Tensor], *, same_shape: bool = True
+    ) -> tuple[Tensor, Tensor]:
+        """The student's and the (detached) teacher's feature at the method's
+        one layer; with ``same_shape`` a mismatch is a one-line error."""
+        (layer,) = self.layers
+        f_s, f_t = student[layer], teacher[layer].detach()
+        if same_shape and f_s.shape != f_t.shape:
+            raise ValueError(
+                f"layer {layer!r}: student feature {tuple(f_s.shape)} and teacher feature "
+                f"{tuple(f_t.shape)} differ; expected equal shapes"
+            )
+        return f_s, f_t

@@ -65,7 +65,7 @@ class AttentionTransfer(DistillationMethod):
         targets: Optional[Tensor] = None,
     ) -> Tensor:
         (layer,) = self.layers
-        f_s, f_t = student[layer], teacher[layer].detach()
+        f_s, f_t = self.features(student, teacher, same_shape=False)
         if f_s.dim() != 4 or f_t.dim() != 4:
             raise ValueError(
                 f"layer {layer!r}: student feature {tuple(f_s.shape)} and teacher feature "

@@ -36,13 +36,7 @@ class FeatureMSE(DistillationMethod):
         teacher: Mapping[str, Tensor],
         targets: Optional[Tensor] = None,
     ) -> Tensor:
-        (layer,) = self.layers
-        f_s, f_t = student[layer], teacher[layer].detach()
-        if f_s.shape != f_t.shape:
-            raise ValueError(
-                f"layer {layer!r}: student feature {tuple(f_s.shape)} and teacher feature "
-                f"{tuple(f_t.shape)} differ; expected equal shapes (same width at this layer)"
-            )
+        f_s, f_t = self.features(student, teacher)
         squared = (f_s - f_t).pow(2).flatten(1)
         per_sample = squared.mean(1) if self.reduction == "mean" else squared.sum(1)
         return per_sample.mean()

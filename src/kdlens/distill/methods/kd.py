@@ -50,13 +50,7 @@ class HintonKD(DistillationMethod):
         teacher: Mapping[str, Tensor],
         targets: Optional[Tensor] = None,
     ) -> Tensor:
-        (layer,) = self.layers
-        z_s, z_t = student[layer], teacher[layer].detach()
-        if z_s.shape != z_t.shape:
-            raise ValueError(
-                f"layer {layer!r}: student logits {tuple(z_s.shape)} and teacher logits "
-                f"{tuple(z_t.shape)} differ; expected equal shapes"
-            )
+        z_s, z_t = self.features(student, teacher)
         t = self.temperature
         soft = F.kl_div(
             F.log_softmax(z_s / t, dim=1), F.softmax(z_t / t, dim=1), reduction="batchmean"
