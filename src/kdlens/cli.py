@@ -36,20 +36,16 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from kdlens.discarding.analyze import AnalysisSettings, analyze_role, summarize_role
+    from kdlens.discarding.analyze import AnalysisSettings, analyze_run, summarize_role
     from kdlens.store import RunDirectory, atomic_write_json
 
     run = RunDirectory(args.run)
     if not run.config_path.is_file():
         raise FileNotFoundError(f"{args.run!r} is not a kdlens run directory (no config.yaml)")
     settings = AnalysisSettings(layer=args.layer, grid=args.grid, threshold=args.threshold, steps=args.steps)
-    roles = [r for r in ("teacher", "student", "baseline") if run.role(r).latest() is not None]
-    summaries = {}
-    for role in roles:
-        epochs = [run.role(role).latest()] if role == "teacher" else None
-        analysis = analyze_role(run, role, settings, args.samples, split=args.split, epochs=epochs,
-                                max_epochs=args.max_epochs, progress=not args.quiet)
-        summaries[role] = summarize_role(analysis, settings)
+    analyses = analyze_run(run, settings, args.samples, split=args.split, max_epochs=args.max_epochs,
+                           progress=not args.quiet)
+    summaries = {role: summarize_role(analysis, settings) for role, analysis in analyses.items()}
     out = run.root / "analysis" / f"{settings.layer}-{settings.key()}" / f"summary-b{settings.threshold}.json"
     atomic_write_json(out, summaries)
     keys = ("n_fg", "n_bg", "lambda", "d_mean", "d_var", "rho", "accuracy")

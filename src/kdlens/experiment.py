@@ -18,7 +18,8 @@ import torch
 
 from kdlens.builders import build_datasets
 from kdlens.config import ExperimentConfig, parse_config
-from kdlens.discarding.analyze import AnalysisSettings, analysis_indices, analyze_role, summarize_role
+from kdlens.data import denormalize
+from kdlens.discarding.analyze import AnalysisSettings, analysis_indices, analyze_run, summarize_role
 from kdlens.discarding.knowledge_points import knowledge_points
 from kdlens.train import train_roles
 
@@ -63,25 +64,22 @@ def run_experiment(
     out = Path(out)
     layers = layers or [config.student.layer, "conv" if config.student.layer != "conv" else "fc1"]
     began = time.perf_counter()
-    run = train_roles(config, out / "run", progress=progress)
+    datasets = build_datasets(config)
+    run = train_roles(config, out / "run", progress=progress, datasets=datasets)
     trained = time.perf_counter()
 
-    train_set, test_set = build_datasets(config)
-    dataset = train_set if split == "train" else test_set
+    dataset = datasets[0] if split == "train" else datasets[1]
     indices = analysis_indices(len(dataset), samples, config.seed)
-    images = torch.stack([dataset[i].image for i in indices])
-    mean = torch.tensor(dataset.mean).view(1, -1, 1, 1)
-    std = torch.tensor(dataset.std).view(1, -1, 1, 1)
+    images = denormalize(torch.stack([dataset[i].image for i in indices]), dataset.mean, dataset.std)
     masks = torch.stack([dataset[i].mask for i in indices])
 
     summaries, maps, analysed = {}, {}, 0
     for layer in layers:
         layer_settings = replace(settings, layer=layer)
-        summaries[layer], maps[layer] = {}, {"images": (images * std + mean).clamp(0, 1), "masks": masks}
-        for role in ("teacher", "student", "baseline"):
-            epochs = [run.role(role).latest()] if role == "teacher" else None
-            analysis = analyze_role(run, role, layer_settings, samples, split=split, epochs=epochs,
-                                    max_epochs=max_epochs, progress=progress)
+        summaries[layer], maps[layer] = {}, {"images": images.clamp(0, 1), "masks": masks}
+        analyses = analyze_run(run, layer_settings, samples, split=split, max_epochs=max_epochs,
+                               datasets=datasets, progress=progress)
+        for role, analysis in analyses.items():
             analysed += len(analysis.epochs)
             summaries[layer][role] = summarize_role(analysis, layer_settings)
             final = knowledge_points(analysis.entropy[-1], analysis.foreground, layer_settings.threshold,

@@ -29,6 +29,7 @@ from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from kdlens.builders import build_datasets, build_network
@@ -39,6 +40,8 @@ from kdlens.discarding.knowledge_points import foreground_ratio, knowledge_point
 from kdlens.discarding.units import foreground_units, grid_units, unit_foreground_share
 from kdlens.seeding import derive_seed
 from kdlens.store import RunDirectory, atomic_torch_save, atomic_write_json
+
+ROLES_ANALYSED = ("teacher", "student", "baseline")
 
 
 @dataclass(frozen=True)
@@ -130,11 +133,13 @@ def analyze_role(
     split: str = "train",
     epochs: Optional[Sequence[int]] = None,
     max_epochs: Optional[int] = None,
+    datasets: Optional[tuple[Dataset, Dataset]] = None,
     progress: bool = True,
 ) -> RoleAnalysis:
     """Compute (or read from the cache) the information discarding of
     ``sample_count`` fixed samples of ``split`` at the checkpoints of ``role``.
-    ``epochs`` picks checkpoints explicitly (e.g. only the teacher's last)."""
+    ``epochs`` picks checkpoints explicitly (e.g. only the teacher's last);
+    ``datasets`` (train, test) saves rebuilding them from the run's config."""
     run = RunDirectory(run) if not isinstance(run, RunDirectory) else run
     if split not in ("train", "test"):
         raise ValueError(f"split = {split!r}: expected 'train' or 'test'")
@@ -143,7 +148,7 @@ def analyze_role(
     available = store.epochs()
     if not available:
         raise FileNotFoundError(f"{store.checkpoints} has no checkpoints; train the {role} first")
-    train_set, test_set = build_datasets(config)
+    train_set, test_set = datasets or build_datasets(config)
     dataset = train_set if split == "train" else test_set
     indices = analysis_indices(len(dataset), sample_count, config.seed)
     samples = [dataset[i] for i in indices]
@@ -179,14 +184,15 @@ def analyze_role(
         chosen = sorted(set(epochs))
 
     cache = _Cache(run, settings)
+    position = {index: k for k, index in enumerate(indices)}
     rows, previous_records = [], {}
     bar = tqdm(chosen, desc=f"{role} {settings.layer}", unit="ckpt", disable=not progress, dynamic_ncols=True)
     for epoch in bar:
         records = cache.load(role, epoch)
         todo = [i for i in indices if i not in records]
         if todo:
-            model.load_state_dict(store.load(epoch)["model"])
-            position = {index: k for k, index in enumerate(indices)}
+            # Only the stages up to the layer run, and their weights are already in memory.
+            model.load_state_dict(layer_states[epoch], strict=False)
             for start in range(0, len(todo), settings.batch_size):
                 chunk = todo[start : start + settings.batch_size]
                 warm = all(i in previous_records for i in chunk)
@@ -219,6 +225,32 @@ def analyze_role(
         indices=indices,
         final_accuracy=metrics[available[-1]]["test_accuracy"],
     )
+
+
+def analyze_run(
+    run: RunDirectory | str,
+    settings: AnalysisSettings,
+    sample_count: int = 16,
+    *,
+    split: str = "train",
+    max_epochs: Optional[int] = None,
+    datasets: Optional[tuple[Dataset, Dataset]] = None,
+    progress: bool = True,
+) -> dict[str, RoleAnalysis]:
+    """:func:`analyze_role` for every trained role of a run: the teacher at its
+    last checkpoint, the student and the baseline over their epochs."""
+    run = RunDirectory(run) if not isinstance(run, RunDirectory) else run
+    if datasets is None:
+        datasets = build_datasets(load_config(run.config_path))
+    analyses = {}
+    for role in ROLES_ANALYSED:
+        latest = run.role(role).latest()
+        if latest is not None:
+            analyses[role] = analyze_role(
+                run, role, settings, sample_count, split=split, max_epochs=max_epochs, datasets=datasets,
+                epochs=[latest] if role == "teacher" else None, progress=progress,
+            )
+    return analyses
 
 
 def summarize_role(analysis: RoleAnalysis, settings: AnalysisSettings) -> dict:

@@ -140,12 +140,13 @@ def train_student(
 
 
 def train_roles(
-    config: ExperimentConfig, out: str | Path, roles: Optional[list[str]] = None, *, progress: bool = True
+    config: ExperimentConfig, out: str | Path, roles: Optional[list[str]] = None, *, progress: bool = True,
+    datasets: Optional[tuple[Dataset, Dataset]] = None,
 ) -> RunDirectory:
     """Train every role the config names (teacher first), resuming what exists."""
     run = RunDirectory(out)
     run.initialise(dump_config(config), config.seed)
-    datasets = build_datasets(config)
+    datasets = datasets or build_datasets(config)
     teacher = None
     for role in [r for r in ("teacher", "baseline", "student") if r in (roles or config.train)]:
         if role == "student":
