@@ -175,9 +175,9 @@ class ExperimentConfig(Strict):
 _DATA_VARIANTS = {"synthetic": SyntheticData, "cub": CubData, "folder": FolderData}
 
 
-def _expected_keys(loc: tuple) -> list[str]:
+def _expected_keys(loc: tuple, root: type[BaseModel]) -> list[str]:
     """The keys allowed where ``loc`` points, for an unknown-key message."""
-    node: Any = ExperimentConfig
+    node: Any = root
     for part in loc[:-1]:
         if part in _DATA_VARIANTS:
             node = _DATA_VARIANTS[part]
@@ -191,13 +191,13 @@ def _expected_keys(loc: tuple) -> list[str]:
     return list(node.model_fields) if isinstance(node, type) and issubclass(node, BaseModel) else []
 
 
-def _describe(error: dict) -> str:
+def describe_error(error: dict, root: type[BaseModel]) -> str:
     """One line for a pydantic error: the key, the value, what was expected."""
     loc, kind = tuple(error["loc"]), error["type"]
     # Discriminated unions put the variant's tag in the path; a reader never wrote it.
     key = ".".join(str(p) for p in loc if p not in _DATA_VARIANTS) or "config"
     if kind == "extra_forbidden":
-        allowed = _expected_keys(loc)
+        allowed = _expected_keys(loc, root)
         return f"unknown key {key!r}" + (f"; expected one of {', '.join(allowed)}" if allowed else "")
     if kind == "missing":
         return f"{key} is missing; it is required"
@@ -205,7 +205,7 @@ def _describe(error: dict) -> str:
         value = error["input"].get("name") if isinstance(error["input"], dict) else error["input"]
         return f"{key}.name = {value!r}: expected one of {', '.join(_DATA_VARIANTS)}"
     message = error["msg"].removeprefix("Value error, ").replace("Input should be", "expected")
-    if kind == "value_error" and message.startswith(key):  # a cross-field check names its own key
+    if kind == "value_error" and (message.startswith(key) or not loc):  # a cross-field check names its own key
         return message
     return f"{key} = {error['input']!r}: {message}"
 
@@ -221,20 +221,24 @@ def parse_config(raw: Any, source: str = "config") -> ExperimentConfig:
     except ValidationError as exc:
         errors = exc.errors()
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise ConfigError(f"{source}: {_describe(errors[0])}{more}") from None
+        raise ConfigError(f"{source}: {describe_error(errors[0], ExperimentConfig)}{more}") from None
 
 
-def load_config(path: str | Path) -> ExperimentConfig:
+def read_yaml(path: str | Path) -> Any:
+    """A config file's contents, or a one-line :class:`ConfigError`."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
-    return parse_config(raw, source=str(path))
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    return parse_config(read_yaml(path), source=str(path))
 
 
 def dump_config(config: ExperimentConfig) -> str:

@@ -2,24 +2,44 @@
 
 A method is an ``nn.Module`` whose ``forward`` takes the student's and the
 teacher's captured features (and the targets where it needs them) and returns a
-scalar loss. It declares the layers it needs in ``layers`` and owns any
-trainable connector it requires, so the trainer only has to optimise
-``method.parameters()`` alongside the student's.
+scalar loss. It declares the layers it needs in ``layers`` (``"conv.pre"`` is
+the pre-activation of ``conv``) and owns any trainable connector it requires.
+
+Its life in a training run:
+
+1. ``setup(student_features, teacher_features)`` builds the modules whose sizes
+   depend on the features (connectors, encoders, a channel split). The trainer
+   calls it under a fixed seed before every start *and* every resume, so the
+   modules exist before a checkpoint's state is loaded into them.
+2. ``fit_teacher(batches, teacher)`` is the one-off preparation from the
+   trained teacher (FT's paraphraser, OD's margins). It runs only on a fresh
+   start; what it learns lives in the state dict, so a resume gets it back
+   from the checkpoint.
+3. ``forward`` during training; only ``trainable_parts()`` are optimised with
+   the student (a frozen paraphraser is not among them).
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from typing import Callable, Iterable, Mapping, Optional
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdlens.registry import Registry
 
 METHODS: Registry["DistillationMethod"] = Registry("distillation method")
 
+# Re-iterable source of the teacher's features over the training set, one
+# mapping {layer: feature} per batch, computed without gradients.
+TeacherBatches = Callable[[], Iterable[Mapping[str, Tensor]]]
+
 
 class DistillationMethod(nn.Module):
     layers: tuple[str, ...] = ()
+    # True when the loss already contains the task's cross-entropy (Hinton KD's
+    # (1 - alpha) CE term): a joint trainer then adds no second one.
+    includes_task_loss: bool = False
 
     def forward(
         self,
@@ -28,6 +48,16 @@ class DistillationMethod(nn.Module):
         targets: Optional[Tensor] = None,
     ) -> Tensor:
         raise NotImplementedError
+
+    def setup(self, student: Mapping[str, Tensor], teacher: Mapping[str, Tensor]) -> None:
+        """Build feature-size-dependent modules from one batch of features."""
+
+    def fit_teacher(self, batches: TeacherBatches, teacher: nn.Module) -> None:
+        """One-off preparation from the trained teacher (fresh starts only)."""
+
+    def trainable_parts(self) -> list[nn.Module]:
+        """The submodules optimised together with the student."""
+        return [self]
 
     def features(
         self, student: Mapping[str, Tensor], teacher: Mapping[str, Tensor], *, same_shape: bool = True
@@ -42,3 +72,23 @@ class DistillationMethod(nn.Module):
                 f"{tuple(f_t.shape)} differ; expected equal shapes"
             )
         return f_s, f_t
+
+
+def as_map(feature: Tensor) -> Tensor:
+    """A (B, C) feature as a (B, C, 1, 1) map, so conv connectors serve fc layers too."""
+    if feature.dim() == 2:
+        return feature[:, :, None, None]
+    if feature.dim() != 4:
+        raise ValueError(f"feature of shape {tuple(feature.shape)}: expected (B, C, H, W) or (B, C)")
+    return feature
+
+
+def match_spatial(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """Two (B, C, H, W) maps pooled to their common (min H, min W) size by
+    adaptive average pooling of the larger one, as RepDistiller does for AT."""
+    size = (min(a.shape[2], b.shape[2]), min(a.shape[3], b.shape[3]))
+    if tuple(a.shape[2:]) != size:
+        a = F.adaptive_avg_pool2d(a, size)
+    if tuple(b.shape[2:]) != size:
+        b = F.adaptive_avg_pool2d(b, size)
+    return a, b

@@ -8,16 +8,18 @@ Every model has the paper's four named layers ``conv, fc1, fc2, fc3`` (see
 from __future__ import annotations
 
 from kdlens.models import alexnet, resnet, vgg  # noqa: F401  (registers the families)
-from kdlens.models.base import PAPER_LAYERS, NamedLayerModel
+from kdlens.models.base import PAPER_LAYERS, PRE_ACTIVATION, NamedLayerModel, pre_activation_norm
 from kdlens.models.catalog import MODELS
 from kdlens.models.features import capture, stage_end_modules
 
 __all__ = [
     "MODELS",
     "PAPER_LAYERS",
+    "PRE_ACTIVATION",
     "NamedLayerModel",
     "build_model",
     "capture",
+    "pre_activation_norm",
     "stage_end_modules",
 ]
 

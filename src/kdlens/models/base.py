@@ -10,11 +10,38 @@ nothing above it is computed.
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Iterator, Optional, Sequence
 
 from torch import Tensor, nn
 
 PAPER_LAYERS: tuple[str, ...] = ("conv", "fc1", "fc2", "fc3")
+# ``"conv.pre"`` names the input of the ReLU that ends stage ``conv``: the
+# pre-activation feature some distillation methods (OD) need.
+PRE_ACTIVATION = ".pre"
+
+
+def _stage_with_pre_activation(module: nn.Module, x: Tensor, where: str) -> tuple[Tensor, Tensor]:
+    """(output, input of the final ReLU) of a stage that ends in a ReLU,
+    looking through nested ``nn.Sequential``s."""
+    if isinstance(module, nn.ReLU):
+        return module(x), x
+    if isinstance(module, nn.Sequential) and len(module) > 0:
+        children = list(module.children())
+        for child in children[:-1]:
+            x = child(x)
+        return _stage_with_pre_activation(children[-1], x, where)
+    raise ValueError(f"layer {where!r} does not end in a ReLU ({type(module).__name__}); it has no pre-activation feature")
+
+
+def pre_activation_norm(stage: nn.Module) -> Optional[nn.Module]:
+    """The batch norm right before the ReLU that ends ``stage``, if there is one."""
+    while isinstance(stage, nn.Sequential) and len(stage) > 0:
+        children = list(stage.children())
+        if isinstance(children[-1], nn.ReLU):
+            before = children[-2] if len(children) > 1 else None
+            return before if isinstance(before, (nn.BatchNorm1d, nn.BatchNorm2d)) else None
+        stage = children[-1]
+    return None
 
 
 class NamedLayerModel(nn.Module):
@@ -61,16 +88,30 @@ class NamedLayerModel(nn.Module):
         return feature
 
     def features(self, x: Tensor, layers: Sequence[str]) -> dict[str, Tensor]:
-        """Outputs of several named layers in one pass that stops at the deepest."""
-        wanted = {self.check_layer(layer) for layer in layers}
+        """Outputs of several named layers in one pass that stops at the deepest.
+        ``"<layer>.pre"`` asks for the layer's pre-activation feature."""
+        return self._run(x, layers, to_end=False)[1]
+
+    def forward_with_features(self, x: Tensor, layers: Sequence[str]) -> tuple[Tensor, dict[str, Tensor]]:
+        """The logits and the named features of one full pass."""
+        return self._run(x, layers, to_end=True)
+
+    def _run(self, x: Tensor, layers: Sequence[str], to_end: bool) -> tuple[Tensor, dict[str, Tensor]]:
+        wanted = set(layers)
+        for name in wanted:
+            self.check_layer(name.removesuffix(PRE_ACTIVATION))
         out: dict[str, Tensor] = {}
         for name, stage in self.stages.items():
-            if len(out) == len(wanted):
+            if len(out) == len(wanted) and not to_end:
                 break
-            x = stage(x)
+            pre_name = name + PRE_ACTIVATION
+            if pre_name in wanted:
+                x, out[pre_name] = _stage_with_pre_activation(stage, x, name)
+            else:
+                x = stage(x)
             if name in wanted:
                 out[name] = x
-        return out
+        return x, out
 
     def stages_up_to(self, layer: str) -> list[nn.Module]:
         """The stages that compute ``layer``, bottom first (``layer`` included)."""

@@ -27,6 +27,7 @@ from kdlens.config import ExperimentConfig, dump_config
 from kdlens.distill import METHODS
 from kdlens.models import NamedLayerModel
 from kdlens.store import RunDirectory
+from kdlens.train.joint import prepare_method
 from kdlens.train.loop import Phase, train_phases
 
 EpochCallback = Optional[Callable[[int], None]]
@@ -112,27 +113,33 @@ def train_student(
         f_t = teacher.cpu().forward_to(probe, layer)
         f_s = student.eval().forward_to(probe, layer)
     teacher.to(device)
-    if f_t.shape != f_s.shape:
+    student.to(device)
+    if f_t.shape != f_s.shape and config.student.method == "feature_mse":
         raise ValueError(
             f"student.layer = {layer!r}: teacher feature {tuple(f_t.shape[1:])} and student feature "
             f"{tuple(f_s.shape[1:])} differ; expected equal shapes (match model widths at this layer)"
         )
+    train_set = student_split(config, full_train)
+    store = run.role("student")
+    prepare_method(method, student, teacher, train_set, device, seed=config.seed, role="student",
+                   fresh=store.latest() is None)
 
     def distill(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            target = teacher.forward_to(images, layer)
-        return method({layer: student.forward_to(images, layer)}, {layer: target}, labels)
+            target = teacher.features(images, method.layers)
+        return method(student.features(images, method.layers), target, labels)
 
     below = student.stages_up_to(layer)
     above = student.stages_above(layer)
     below_names = student.layer_names[: len(below)]
-    phases = [Phase("distill", config.student.distill, [*below, method], distill, trained_layers=below_names)]
+    phases = [Phase("distill", config.student.distill, [*below, *method.trainable_parts()], distill,
+                    trained_layers=below_names)]
     if above:
         phases.append(_classification_phase(
             "classify", student, config.student.classify, above, student.layer_names[len(below):]
         ))
     train_phases(
-        student, phases, student_split(config, full_train), test, run.role("student"),
+        student, phases, train_set, test, store,
         seed=config.seed, role="student", device=device, progress=progress, on_epoch_end=on_epoch_end,
         extra_modules={"method": method},
     )

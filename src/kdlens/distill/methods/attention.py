@@ -36,7 +36,7 @@ from typing import Mapping, Optional
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdlens.distill.base import METHODS, DistillationMethod
+from kdlens.distill.base import METHODS, DistillationMethod, match_spatial
 
 
 def attention_map(feature: Tensor, p: int = 2) -> Tensor:
@@ -71,10 +71,6 @@ class AttentionTransfer(DistillationMethod):
                 f"layer {layer!r}: student feature {tuple(f_s.shape)} and teacher feature "
                 f"{tuple(f_t.shape)}; expected (B, C, H, W) feature maps"
             )
-        size = (min(f_s.shape[2], f_t.shape[2]), min(f_s.shape[3], f_t.shape[3]))
-        if tuple(f_s.shape[2:]) != size:
-            f_s = F.adaptive_avg_pool2d(f_s, size)
-        if tuple(f_t.shape[2:]) != size:
-            f_t = F.adaptive_avg_pool2d(f_t, size)
+        f_s, f_t = match_spatial(f_s, f_t)
         q_s, q_t = attention_map(f_s, self.p), attention_map(f_t, self.p)
         return self.beta / 2 * (q_s - q_t).pow(2).mean()

@@ -1,0 +1,189 @@
+"""The config of ``kdlens compare``: one teacher, many distillation methods, the
+same data, student initialisation and seeds for all (the IE-KD paper's Table 1
+protocol; Table 4's for the mutual-learning rows).
+
+Students train jointly on the task loss plus the method's loss (see
+``kdlens.train.joint``), on ``data.student_fraction`` of the training set,
+which defaults to all of it here, as in the IE-KD paper.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from kdlens.config import (
+    ConfigError,
+    DataConfig,
+    ExperimentConfig,
+    ModelConfig,
+    OptimConfig,
+    Strict,
+    SyntheticData,
+    describe_error,
+    read_yaml,
+)
+from kdlens.distill import METHODS
+from kdlens.models import PAPER_LAYERS
+from kdlens.train.mutual import MUTUAL_MODES, MutualOptions
+
+BASELINE = "baseline"
+LABELS = {"baseline": "Student", "kd": "KD", "at": "AT", "ft": "FT", "od": "OD", "feature_mse": "FitNet-MSE",
+          "ie_at": "IE-AT", "ie_ft": "IE-FT", "ie_od": "IE-OD", "dml": "DML", "ie_dml": "IE-DML"}
+
+
+class MethodEntry(Strict):
+    name: str
+    label: Optional[str] = None
+    layer: Optional[str] = Field(None, description="the layer distilled (default: the config's layer)")
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        if name != BASELINE and name not in METHODS:
+            raise ValueError(f"unknown method; expected {BASELINE} or one of {', '.join(METHODS.names())}")
+        return name
+
+    @field_validator("layer")
+    @classmethod
+    def _layer(cls, layer: Optional[str]) -> Optional[str]:
+        if layer is not None and layer not in PAPER_LAYERS:
+            raise ValueError(f"the models have no layer {layer!r}; expected one of {', '.join(PAPER_LAYERS)}")
+        return layer
+
+    @property
+    def title(self) -> str:
+        return self.label or LABELS.get(self.name, self.name)
+
+
+class MutualEntry(Strict):
+    mode: Literal["dml", "ie_dml"]
+    label: Optional[str] = None
+    options: dict[str, Any] = Field(default_factory=dict, description="IE-DML: layer, lambda_rec, lambda_inh, ...")
+
+    @model_validator(mode="after")
+    def _options(self) -> "MutualEntry":
+        allowed = set(MutualOptions.__dataclass_fields__)
+        unknown = set(self.options) - allowed
+        if unknown:
+            raise ValueError(f"mutual.options: unknown key(s) {', '.join(sorted(unknown))}; "
+                             f"expected some of {', '.join(sorted(allowed))}")
+        return self
+
+    @property
+    def title(self) -> str:
+        return self.label or LABELS[self.mode]
+
+
+class ComparisonAnalysis(Strict):
+    """The IE-KD paper's analysis tools (sec. 4.7) on the first seed's models."""
+
+    enabled: bool = True
+    relevance_images: int = Field(6, ge=0, description="test images in the LRP heatmap figure")
+    samples: int = Field(500, ge=2, description="training images for CKA, active neurons and sharpness")
+    energy: float = Field(0.95, gt=0.0, le=1.0, description="share of the gradient energy active neurons hold")
+    sharpness_sigmas: list[float] = [0.0, 0.01, 0.02, 0.03, 0.04]
+    sharpness_draws: int = Field(3, ge=1)
+
+
+class CompareConfig(Strict):
+    seeds: list[int] = Field([0, 1], min_length=1)
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    data: DataConfig = SyntheticData(student_fraction=1.0)
+    teacher_model: ModelConfig = ModelConfig(arch="vgg11", width=0.5)
+    model: ModelConfig = ModelConfig(arch="vgg11", width=0.25)
+    teacher: OptimConfig = OptimConfig()
+    student: OptimConfig = OptimConfig()
+    layer: str = "conv"
+    methods: list[MethodEntry] = Field(
+        default_factory=lambda: [MethodEntry(name=n) for n in (BASELINE, "kd", "at", "ft", "od", "ie_at", "ie_ft", "ie_od")],
+        description="each a method name or {name, label, layer, options}",
+    )
+    mutual: list[MutualEntry] = Field(default_factory=list, description="dml / ie_dml, or {mode, label, options}")
+    analysis: ComparisonAnalysis = ComparisonAnalysis()
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _whole_training_set(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {"name": "synthetic", "student_fraction": 1.0, **data}
+        return data
+
+    @field_validator("layer")
+    @classmethod
+    def _layer(cls, layer: str) -> str:
+        if layer not in PAPER_LAYERS:
+            raise ValueError(f"the models have no layer {layer!r}; expected one of {', '.join(PAPER_LAYERS)}")
+        return layer
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError("expected distinct seeds")
+        return seeds
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _method_names(cls, methods: Any) -> Any:
+        return [{"name": m} if isinstance(m, str) else m for m in methods] if isinstance(methods, list) else methods
+
+    @field_validator("mutual", mode="before")
+    @classmethod
+    def _mutual_names(cls, mutual: Any) -> Any:
+        return [{"mode": m} if isinstance(m, str) else m for m in mutual] if isinstance(mutual, list) else mutual
+
+    @field_validator("methods", "mutual")
+    @classmethod
+    def _unique(cls, entries: list, info) -> list:
+        titles = [e.title for e in entries]
+        repeated = sorted({t for t in titles if titles.count(t) > 1})
+        if repeated:
+            raise ValueError(f"{', '.join(repeated)} listed twice; give each a distinct label")
+        return entries
+
+    @model_validator(mode="after")
+    def _methods_build(self) -> "CompareConfig":
+        for entry in self.methods:
+            if entry.name == BASELINE:
+                continue
+            try:
+                METHODS.build(entry.name, layer=entry.layer or self.layer, **entry.options)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"methods: {entry.title}: options {entry.options!r}: {exc}") from None
+        if BASELINE not in [e.name for e in self.methods]:
+            raise ValueError(f"methods: expected {BASELINE!r} among them (every method is compared with it)")
+        return self
+
+    def experiment(self, seed: int) -> ExperimentConfig:
+        """The single-run config that builds this comparison's data and networks."""
+        return ExperimentConfig(seed=seed, device=self.device, data=self.data, model=self.model,
+                                teacher_model=self.teacher_model, teacher=self.teacher, baseline=self.student)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def parse_compare_config(raw: Any, source: str = "config") -> CompareConfig:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys to values, got {type(raw).__name__}")
+    try:
+        return CompareConfig.model_validate(raw)
+    except ValidationError as exc:
+        errors = exc.errors()
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ConfigError(f"{source}: {describe_error(errors[0], CompareConfig)}{more}") from None
+
+
+def load_compare_config(path: str | Path) -> CompareConfig:
+    return parse_compare_config(read_yaml(path), source=str(path))
+
+
+def dump_compare_config(config: CompareConfig) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

@@ -1,0 +1,117 @@
+"""Joint distillation: the student's whole network trained at once on the task
+loss plus a method's distillation loss,
+
+    L = CE(student(x), y) + L_method(f_S(x), f_T(x))
+
+(only L_method when the method already contains the cross-entropy, as Hinton
+KD does). This is the protocol of the IE-KD paper and of the methods it
+compares with (KD, AT, FT, OD), unlike the knowledge-points paper's two-phase
+feature distillation (``kdlens.train.protocols.train_student``). Without a
+method it is plain training from scratch, the comparison's baseline.
+
+The method is set up under a seed derived from ``(seed, role, "method")``
+before every start and resume; its one-off teacher preparation (FT's
+paraphraser, OD's margins) runs on a fresh start only and is checkpointed
+with the student from epoch 0 on.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator, Mapping, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from kdlens.config import OptimConfig
+from kdlens.distill import DistillationMethod
+from kdlens.models import NamedLayerModel
+from kdlens.seeding import derive_seed, seed_everything
+from kdlens.store import CheckpointStore
+from kdlens.train.loop import Phase, train_phases
+
+
+def teacher_batches(
+    teacher: NamedLayerModel, layers: tuple[str, ...], dataset: Dataset, device: torch.device,
+    *, batch_size: int = 64, seed: int = 0,
+) -> Callable[[], Iterator[Mapping[str, Tensor]]]:
+    """A re-iterable of the teacher's features over ``dataset`` (a fresh shuffle
+    per pass, from ``seed``), computed in eval mode without gradients."""
+    passes = iter(range(1 << 30))
+
+    def batches() -> Iterator[Mapping[str, Tensor]]:
+        generator = torch.Generator().manual_seed(derive_seed(seed, "teacher-pass", next(passes)))
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator,
+                            drop_last=len(dataset) % batch_size == 1)
+        teacher.eval()
+        for images, _, _ in loader:
+            with torch.no_grad():
+                yield teacher.features(images.to(device), layers)
+
+    return batches
+
+
+def prepare_method(
+    method: DistillationMethod, student: NamedLayerModel, teacher: NamedLayerModel, train_set: Dataset,
+    device: torch.device, *, seed: int, role: str, fresh: bool,
+) -> None:
+    """``setup`` from one batch (seeded), then ``fit_teacher`` on a fresh start."""
+    probe = torch.stack([train_set[i].image for i in range(min(2, len(train_set)))]).to(device)
+    was_training = student.training
+    with torch.no_grad():
+        student.eval(), teacher.eval()
+        f_s = student.features(probe, method.layers)
+        f_t = teacher.features(probe, method.layers)
+    student.train(was_training)
+    seed_everything(derive_seed(seed, role, "method"))
+    method.setup(f_s, f_t)
+    method.to(device)
+    if fresh:
+        method.fit_teacher(teacher_batches(teacher, method.layers, train_set, device, seed=derive_seed(seed, role)),
+                           teacher)
+
+
+def train_jointly(
+    student: NamedLayerModel,
+    train_set: Dataset,
+    test_set: Dataset,
+    store: CheckpointStore,
+    optim: OptimConfig,
+    *,
+    seed: int,
+    role: str,
+    device: torch.device,
+    method: Optional[DistillationMethod] = None,
+    teacher: Optional[NamedLayerModel] = None,
+    progress: bool = True,
+    on_epoch_end: Optional[Callable[[int], None]] = None,
+) -> list[dict]:
+    """Train (or resume) ``student`` on CE [+ the method's loss]; returns the history."""
+    student.to(device)
+    if method is None:
+        def objective(images: Tensor, labels: Tensor) -> Tensor:
+            return F.cross_entropy(student(images), labels)
+
+        phase = Phase("train", optim, [student], objective, trained_layers=student.layer_names)
+        return train_phases(student, [phase], train_set, test_set, store, seed=seed, role=role, device=device,
+                            progress=progress, on_epoch_end=on_epoch_end)
+    if teacher is None:
+        raise ValueError(f"method {type(method).__name__} needs a teacher; got none")
+    teacher.to(device).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    prepare_method(method, student, teacher, train_set, device, seed=seed, role=role, fresh=store.latest() is None)
+    layers = method.layers
+
+    def distill(images: Tensor, labels: Tensor) -> Tensor:
+        with torch.no_grad():
+            target = teacher.features(images, layers)
+        logits, features = student.forward_with_features(images, layers)
+        loss = method(features, target, labels)
+        return loss if method.includes_task_loss else loss + F.cross_entropy(logits, labels)
+
+    phase = Phase("distill", optim, [student, *method.trainable_parts()], distill,
+                  trained_layers=student.layer_names)
+    return train_phases(student, [phase], train_set, test_set, store, seed=seed, role=role, device=device,
+                        progress=progress, on_epoch_end=on_epoch_end, extra_modules={"method": method})
