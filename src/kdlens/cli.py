@@ -69,6 +69,20 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from kdlens.compare import load_compare_config, run_comparison
+
+    config = load_compare_config(args.config)
+    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    began = time.perf_counter()
+    files = run_comparison(config, out, progress=not args.quiet)
+    print(f"compare finished in {time.perf_counter() - began:.0f}s")
+    print((out / "table.md").read_text())
+    for name, path in files.items():
+        print(f"  {name:24s} {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdlens", description=__doc__)
     parser.add_argument("--version", action="version", version=f"kdlens {__version__}")
@@ -93,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--steps", type=int, default=300, help="optimisation steps from a cold start (default 300)")
     analyze.add_argument("--quiet", action="store_true", help="no progress output")
     analyze.set_defaults(handler=_analyze)
+
+    compare = commands.add_parser("compare", help="train one teacher and many distillation methods; Table-1-style report")
+    compare.add_argument("--config", required=True, help="compare config (YAML), e.g. configs/compare-synthetic.yaml")
+    compare.add_argument("--out", help="output directory (default: runs/<config name>); an existing one resumes")
+    compare.add_argument("--quiet", action="store_true", help="no progress output")
+    compare.set_defaults(handler=_compare)
 
     demo = commands.add_parser("demo", help="the whole paper on the built-in synthetic data, with its report")
     demo.add_argument("--out", default="runs/demo", help="output directory (default runs/demo); resumes")

@@ -59,6 +59,15 @@ class MethodEntry(Strict):
     def title(self) -> str:
         return self.label or LABELS.get(self.name, self.name)
 
+    def resolved_layer(self, default: str) -> str:
+        """The entry's layer, else the output for logit methods, else ``default``."""
+        if self.layer is not None:
+            return self.layer
+        return "fc3" if METHODS.get(self.name).distils_logits else default
+
+    def build(self, default_layer: str):
+        return METHODS.build(self.name, layer=self.resolved_layer(default_layer), **self.options)
+
 
 class MutualEntry(Strict):
     mode: Literal["dml", "ie_dml"]
@@ -152,7 +161,7 @@ class CompareConfig(Strict):
             if entry.name == BASELINE:
                 continue
             try:
-                METHODS.build(entry.name, layer=entry.layer or self.layer, **entry.options)
+                entry.build(self.layer)
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"methods: {entry.title}: options {entry.options!r}: {exc}") from None
         if BASELINE not in [e.name for e in self.methods]:

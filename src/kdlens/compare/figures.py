@@ -1,0 +1,120 @@
+"""The comparison's figures, each returned as PNG bytes (drawn on a
+``matplotlib.figure.Figure`` with an Agg canvas, no pyplot state):
+
+* :func:`error_bars`        - Table 1 as a picture: test error per method, mean ± std.
+* :func:`relevance_grid`    - IE-KD Fig. 1 / 3: LRP heatmaps per model and part.
+* :func:`cka_bars`          - Fig. 4(a): CKA of the inheritance vs exploration channels.
+* :func:`active_neuron_bars` - Fig. 4(b): the number of active neurons.
+* :func:`sharpness_lines`   - Fig. 4(c): training loss against the weight-noise scale.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from kdlens.report.figures import _png
+
+
+def error_bars(summary: Mapping[str, Mapping[str, Any]], teacher_error: float | None) -> bytes:
+    titles = [t for t in summary if summary[t].get("mean") is not None]
+    means = [summary[t]["mean"] for t in titles]
+    stds = [summary[t].get("std") or 0.0 for t in titles]
+    fig = Figure(figsize=(1.0 + 0.8 * len(titles), 3.4))
+    ax = fig.add_subplot()
+    colours = ["tab:orange" if i == 0 else ("tab:blue" if t.startswith("IE-") else "tab:gray")
+               for i, t in enumerate(titles)]
+    ax.bar(range(len(titles)), means, yerr=stds, color=colours, capsize=3)
+    if teacher_error is not None:
+        ax.axhline(teacher_error, color="tab:green", linestyle="--", label=f"teacher {teacher_error:.1f}%")
+        ax.legend(loc="upper right", fontsize=8)
+    if means:
+        low = min(means + ([teacher_error] if teacher_error is not None else []))
+        ax.set_ylim(max(0.0, low - 5), max(m + s for m, s in zip(means, stds)) + 2)
+    ax.set_xticks(range(len(titles)), titles, rotation=30, ha="right")
+    ax.set_ylabel("test error (%)")
+    ax.set_title("test error of the student per method (mean ± std over seeds)", fontsize=9)
+    return _png(fig)
+
+
+def relevance_grid(relevance: Mapping[str, Any]) -> bytes:
+    """Rows: images; columns: the image, then each model's (or part's) LRP map,
+    red positive and blue negative relevance, each map scaled to its own max."""
+    images = np.asarray(relevance["images"]).transpose(0, 2, 3, 1)
+    maps = relevance["maps"]
+    classes, labels = relevance["classes"], relevance["labels"]
+    predictions = relevance.get("predictions", {})
+    titles = list(maps)
+    rows, cols = len(images), 1 + len(titles)
+    fig = Figure(figsize=(1.5 * cols, 1.5 * rows + 0.4))
+    for r in range(rows):
+        ax = fig.add_subplot(rows, cols, r * cols + 1)
+        ax.imshow(images[r])
+        ax.set_axis_off()
+        ax.set_title(f"GT: {classes[labels[r]]}", fontsize=7)
+        for c, title in enumerate(titles):
+            heat = np.asarray(maps[title][r], dtype=float)
+            scale = np.abs(heat).max() or 1.0
+            ax = fig.add_subplot(rows, cols, r * cols + 2 + c)
+            ax.imshow(heat / scale, cmap="bwr", vmin=-1, vmax=1)
+            ax.set_axis_off()
+            predicted = predictions.get(title)
+            suffix = f"\n→ {classes[predicted[r]]}" if predicted else ""
+            ax.set_title((title if r == 0 else "") + suffix, fontsize=7)
+    fig.suptitle("LRP relevance (red +, blue −) of the predicted class", fontsize=9)
+    return _png(fig)
+
+
+def cka_bars(cka: Mapping[str, Mapping[str, float]]) -> bytes:
+    titles = list(cka)
+    fig = Figure(figsize=(1.5 + 1.2 * max(1, len(titles)), 3.2))
+    ax = fig.add_subplot()
+    x = np.arange(len(titles))
+    ax.bar(x - 0.2, [cka[t]["independent"] for t in titles], 0.4, label="independent student", color="tab:orange")
+    ax.bar(x + 0.2, [cka[t]["ie"] for t in titles], 0.4, label="IE-KD student", color="tab:blue")
+    ax.set_xticks(x, titles)
+    ax.set_ylabel("linear CKA (inheritance vs exploration)")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8)
+    ax.set_title("Fig. 4(a): similarity of the two channel parts", fontsize=9)
+    return _png(fig)
+
+
+def active_neuron_bars(counts: Mapping[str, Any]) -> bytes:
+    labels, values, colours = [], [], []
+    for title, value in counts.items():
+        if isinstance(value, Mapping):
+            for part, count in value.items():
+                labels.append(f"{title}\n{part.replace('_', ' ')}")
+                values.append(count)
+                colours.append("tab:orange" if part.startswith("independent") else "tab:blue")
+        else:
+            labels.append(title)
+            values.append(value)
+            colours.append("tab:green" if title == "Teacher" else "tab:orange")
+    fig = Figure(figsize=(1.0 + 0.9 * len(labels), 3.4))
+    ax = fig.add_subplot()
+    ax.bar(range(len(labels)), values, color=colours)
+    ax.set_xticks(range(len(labels)), labels, fontsize=7)
+    ax.set_ylabel("active neurons")
+    ax.set_title("Fig. 4(b): number of active neurons at the distilled layer", fontsize=9)
+    return _png(fig)
+
+
+def sharpness_lines(curves: Mapping[str, list[Mapping[str, float]]]) -> bytes:
+    fig = Figure(figsize=(5.2, 3.4))
+    ax = fig.add_subplot()
+    for title, curve in curves.items():
+        sigma = [p["sigma"] for p in curve]
+        mean = np.array([p["loss_mean"] for p in curve])
+        std = np.array([p["loss_std"] for p in curve])
+        style = "-" if title.startswith("IE-") else "--"
+        ax.plot(sigma, mean, style, marker="o", markersize=3, label=title)
+        ax.fill_between(sigma, mean - std, mean + std, alpha=0.15)
+    ax.set_xlabel("σ of the Gaussian noise added to every weight")
+    ax.set_ylabel("training loss")
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title("Fig. 4(c): sharpness of the converged minimum", fontsize=9)
+    return _png(fig)

@@ -1,0 +1,136 @@
+"""The comparison's report: ``compare.md`` with the Table-1-style table, the
+per-seed numbers, the mutual-learning table, the paper's claims checked on
+these numbers and the analysis figures; ``results.csv`` and ``analysis.json``
+beside it. Every file is written atomically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from kdlens.compare import figures
+from kdlens.compare.config import BASELINE
+from kdlens.compare.runner import Comparison
+from kdlens.compare.tables import claims, error_stats, per_seed_table, results_csv, table1, table4
+from kdlens.store import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+
+def _model_name(model) -> str:
+    return f"{model.arch} ×{model.width:g}"
+
+
+def _claim_lines(checks: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for c in checks:
+        if c["holds"] is None:
+            lines.append(f"- {c['claim']}: not measured")
+            continue
+        word = "**yes**" if c["holds"] else "**no**"
+        noise = " (within the seed-to-seed spread)" if c["within_noise"] else ""
+        lines.append(f"- {c['claim']}: {word}, {c['gap']:+.2f} error points{noise}")
+    return lines
+
+
+def _jsonable(analysis: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in analysis.items() if k != "relevance"}
+
+
+def write_comparison_report(comparison: Comparison, analysis: Optional[Mapping[str, Any]],
+                            out: str | Path, timing: Mapping[str, float]) -> dict[str, Path]:
+    out = Path(out)
+    config = comparison.config
+    baseline = next(e.title for e in config.methods if e.name == BASELINE)
+    summary = {title: error_stats(per_seed) for title, per_seed in comparison.results.items()}
+    teacher_error = comparison.teacher_row.get("test_error")
+    written: dict[str, Path] = {}
+
+    def put(rel: str, data: bytes | str) -> str:
+        path = out / rel
+        (atomic_write_bytes if isinstance(data, bytes) else atomic_write_text)(path, data)
+        written[rel] = path
+        return rel
+
+    t1 = table1(_model_name(config.teacher_model), teacher_error, _model_name(config.model), summary)
+    put("table.md", t1)
+    put("results.csv", results_csv(comparison.results))
+    seeds = ", ".join(str(s) for s in config.seeds)
+    data = config.data
+    lines = [
+        "# kdlens compare: distillation methods side by side",
+        "",
+        f"Teacher {_model_name(config.teacher_model)} ({config.teacher.epochs} epochs), "
+        f"student {_model_name(config.model)} ({config.student.epochs} epochs, task loss + method loss, "
+        f"trained jointly), feature methods at `{config.layer}`; data `{data.name}` at {data.image_size} px, "
+        f"{len(comparison.train_set)} training images; seeds {seeds}. "
+        f"Every student of a seed starts from the same weights and sees the same batches.",
+        "",
+        "## Test error (%), in the form of the IE-KD paper's Table 1",
+        "",
+        t1,
+        "Mean ± sample standard deviation over the seeds.",
+        "",
+        "![test error per method](figures/errors.png)",
+        "",
+        "## Per seed",
+        "",
+        per_seed_table(comparison.results),
+        "## The paper's claims on these numbers",
+        "",
+        *_claim_lines(claims(summary, baseline)),
+        "",
+    ]
+    put("figures/errors.png", figures.error_bars(summary, teacher_error))
+    if comparison.mutual:
+        mutual = {title: {net: error_stats(per_seed) for net, per_seed in per_net.items()}
+                  for title, per_net in comparison.mutual.items()}
+        lines += ["## Mutual learning, in the form of Table 4 (test error %)", "",
+                  table4(_model_name(config.model), _model_name(config.teacher_model), mutual),
+                  "Independent: each network trained alone with the student schedule.", ""]
+        ie_dml = [t for t in mutual if t not in ("Independent",)]
+        for title in ie_dml:
+            for net in ("net1", "net2"):
+                a, b = mutual[title][net].get("mean"), mutual["Independent"][net].get("mean")
+                if a is not None and b is not None:
+                    lines.append(f"- {title} {net} vs independent: {b - a:+.2f} error points "
+                                 f"({'better' if a < b else 'not better'})")
+        lines.append("")
+    if analysis:
+        lines += ["## How does IE-KD work here? (sec. 4.7)", "",
+                  f"Seed {analysis['seed']}, {analysis['samples']} training images, layer `{analysis['layer']}`.", ""]
+        if analysis.get("relevance"):
+            put("figures/relevance.png", figures.relevance_grid(analysis["relevance"]))
+            lines += ["![LRP heatmaps](figures/relevance.png)", "",
+                      "LRP (Captum, epsilon rule) of the predicted class; `inh.`/`exp.` keep only the relevance "
+                      "that flows through the inheritance/exploration channels (Fig. 1, 3).", ""]
+        if analysis.get("cka"):
+            put("figures/cka.png", figures.cka_bars(analysis["cka"]))
+            lines += ["![CKA](figures/cka.png)", ""]
+            for title, values in analysis["cka"].items():
+                lower = values["ie"] < values["independent"]
+                lines.append(f"- {title}: CKA(inh, exp) {values['ie']:.3f} vs independent {values['independent']:.3f}"
+                             f" — {'more diverse, as the paper found' if lower else 'not more diverse (the paper found lower CKA)'}")
+            lines.append("")
+        if analysis.get("active_neurons"):
+            put("figures/active_neurons.png", figures.active_neuron_bars(analysis["active_neurons"]))
+            lines += ["![active neurons](figures/active_neurons.png)", "",
+                      "Active neurons: the smallest number of directions holding "
+                      f"{config.analysis.energy:.0%} of the energy of the loss gradient at the layer "
+                      "(after Cui et al. 2019; `kdlens.probes.active_neurons`).", ""]
+        if analysis.get("sharpness"):
+            put("figures/sharpness.png", figures.sharpness_lines(analysis["sharpness"]))
+            lines += ["![sharpness](figures/sharpness.png)", ""]
+            base = analysis["sharpness"].get(baseline)
+            if base:
+                rise = {t: c[-1]["loss_mean"] - c[0]["loss_mean"] for t, c in analysis["sharpness"].items()}
+                for title in [t for t in rise if t.startswith("IE-")]:
+                    flatter = rise[title] < rise[baseline]
+                    lines.append(f"- {title}: loss rises by {rise[title]:.3f} at σ = {base[-1]['sigma']:g} vs "
+                                 f"{rise[baseline]:.3f} for the independent student — "
+                                 f"{'flatter, as the paper found' if flatter else 'not flatter'}")
+                lines.append("")
+        atomic_write_json(out / "analysis.json", _jsonable(analysis))
+        written["analysis.json"] = out / "analysis.json"
+    lines += ["## Timing", "",
+              *(f"- {k.replace('_s', '').replace('_', ' ')}: {v / 60:.1f} min" for k, v in timing.items()), ""]
+    put("compare.md", "\n".join(lines))
+    return written

@@ -1,0 +1,162 @@
+"""``kdlens compare``: train the teacher once, then every listed method (and
+the mutual-learning pairs) on the same data, the same student initialisation
+and the same data order for each seed; collect the test errors. Every model
+checkpoints each epoch, so an interrupted comparison resumes where it stopped.
+
+Layout of the output directory::
+
+    config.yaml, meta.json          the resolved compare config
+    teacher/                        checkpoints of the one teacher
+    students/<method>/seed<k>/      checkpoints of each method's student
+    mutual/<mode>/seed<k>/          checkpoints of each mutually trained pair
+    mutual/independent-net2/seed<k>/  net 2 trained alone (Table 4's "Independent")
+    results.json                    everything the tables are made from
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch.utils.data import Dataset
+
+from kdlens.builders import build_datasets, build_network, resolve_device, student_split
+from kdlens.compare.config import BASELINE, CompareConfig, MethodEntry, dump_compare_config
+from kdlens.models import NamedLayerModel
+from kdlens.store import RunDirectory, atomic_write_json
+from kdlens.train.joint import train_jointly
+from kdlens.train.mutual import MutualOptions, MutualPair, train_mutually
+from kdlens.train.protocols import train_from_scratch
+
+# Every student of a seed shares this role name, so all methods see the same
+# data order and their connectors are set up from the same seed.
+STUDENT_ROLE = "student"
+
+
+def safe_name(title: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", title)
+
+
+def _error_row(history: list[dict]) -> dict[str, Any]:
+    last = history[-1]
+    return {
+        "test_accuracy": last["test_accuracy"],
+        "test_error": 100.0 * (1.0 - last["test_accuracy"]),
+        "train_error": 100.0 * (1.0 - last["train_accuracy"]),
+        "seconds": sum(row.get("seconds") or 0.0 for row in history),
+        "epochs": last["epoch"],
+    }
+
+
+@dataclass
+class Comparison:
+    """What the analysis and the report need from a finished comparison."""
+
+    config: CompareConfig
+    run: RunDirectory
+    datasets: tuple[Dataset, Dataset]
+    train_set: Dataset
+    num_classes: int
+    teacher: NamedLayerModel
+    results: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    mutual: dict[str, dict[str, dict[str, dict[str, Any]]]] = field(default_factory=dict)
+    teacher_row: dict[str, Any] = field(default_factory=dict)
+    timing: dict[str, float] = field(default_factory=dict)
+
+    def student_store(self, entry: MethodEntry, seed: int):
+        return self.run.role(f"students/{safe_name(entry.title)}/seed{seed}")
+
+    def load_student(self, entry: MethodEntry, seed: int) -> tuple[NamedLayerModel, dict]:
+        """The final student of a method and its method state (the IE split...)."""
+        store = self.student_store(entry, seed)
+        state = store.load(store.latest())
+        model = build_network(self.config.model, self.config.experiment(seed), self.num_classes, init="student")
+        model.load_state_dict(state["model"])
+        return model.eval(), state.get("extra", {}).get("method", {})
+
+
+def train_comparison(config: CompareConfig, out: str | Path, *, progress: bool = True) -> Comparison:
+    out = Path(out)
+    run = RunDirectory(out)
+    run.initialise(dump_compare_config(config), config.seeds[0])
+    first = config.experiment(config.seeds[0])
+    device = resolve_device(config.device)
+    began = time.perf_counter()
+    datasets = build_datasets(first)  # one data set for every seed
+    train_set = student_split(first, datasets[0])
+    num_classes = len(datasets[0].classes)
+
+    teacher = train_from_scratch("teacher", first, run, progress=progress, datasets=datasets)
+    teacher_history = run.role("teacher").load(run.role("teacher").latest())["history"]
+    comparison = Comparison(config, run, datasets, train_set, num_classes, teacher,
+                            teacher_row=_error_row(teacher_history))
+    comparison.timing["teacher_s"] = comparison.teacher_row["seconds"]
+
+    for seed in config.seeds:
+        experiment = config.experiment(seed)
+        for entry in config.methods:
+            student = build_network(config.model, experiment, num_classes, init="student")
+            method = None
+            if entry.name != BASELINE:
+                method = entry.build(config.layer)
+            if progress:
+                print(f"[compare] {entry.title}, seed {seed}", flush=True)
+            history = train_jointly(
+                student, train_set, datasets[1], comparison.student_store(entry, seed), config.student,
+                seed=seed, role=STUDENT_ROLE, device=device, method=method,
+                teacher=teacher if method is not None else None, progress=progress,
+            )
+            comparison.results.setdefault(entry.title, {})[str(seed)] = _error_row(history)
+
+    if config.mutual:
+        _train_mutual(comparison, device, progress)
+    comparison.timing["total_train_s"] = time.perf_counter() - began
+    atomic_write_json(out / "results.json", {
+        "teacher": comparison.teacher_row, "students": comparison.results, "mutual": comparison.mutual,
+    })
+    return comparison
+
+
+def _train_mutual(comparison: Comparison, device: torch.device, progress: bool) -> None:
+    config, run = comparison.config, comparison.run
+    test_set = comparison.datasets[1]
+    independent: dict[str, dict[str, Any]] = {}
+    for seed in config.seeds:
+        experiment = config.experiment(seed)
+        net2 = build_network(config.teacher_model, experiment, comparison.num_classes, init="teacher")
+        history = train_jointly(net2, comparison.train_set, test_set, run.role(f"mutual/independent-net2/seed{seed}"),
+                                config.student, seed=seed, role=STUDENT_ROLE, device=device, progress=progress)
+        independent[str(seed)] = _error_row(history)
+    baseline = next(e.title for e in config.methods if e.name == BASELINE)
+    comparison.mutual["Independent"] = {"net1": comparison.results[baseline], "net2": independent}
+    for entry in config.mutual:
+        per_net: dict[str, dict[str, Any]] = {"net1": {}, "net2": {}}
+        for seed in config.seeds:
+            experiment = config.experiment(seed)
+            pair = MutualPair(
+                build_network(config.model, experiment, comparison.num_classes, init="student"),
+                build_network(config.teacher_model, experiment, comparison.num_classes, init="teacher"),
+                entry.mode, MutualOptions(**{"layer": config.layer, **entry.options}),
+            )
+            if progress:
+                print(f"[compare] {entry.title}, seed {seed}", flush=True)
+            history = train_mutually(pair, comparison.train_set, test_set,
+                                     run.role(f"mutual/{safe_name(entry.title)}/seed{seed}"), config.student,
+                                     seed=seed, role=STUDENT_ROLE, device=device, progress=progress)
+            last = history[-1]
+            seconds = sum(row.get("seconds") or 0.0 for row in history)
+            for k in ("net1", "net2"):
+                accuracy = last[f"{k}_test_accuracy"]
+                per_net[k][str(seed)] = {"test_accuracy": accuracy, "test_error": 100.0 * (1.0 - accuracy),
+                                         "seconds": seconds / 2}
+        comparison.mutual[entry.title] = per_net
+
+
+def seed_models(comparison: Comparison, seed: Optional[int] = None) -> dict[str, tuple[NamedLayerModel, dict]]:
+    """Every method's final student of one seed (default: the first)."""
+    seed = comparison.config.seeds[0] if seed is None else seed
+    return {entry.title: comparison.load_student(entry, seed) for entry in comparison.config.methods}
