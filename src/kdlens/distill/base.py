@@ -40,6 +40,9 @@ class DistillationMethod(nn.Module):
     # True when the loss already contains the task's cross-entropy (Hinton KD's
     # (1 - alpha) CE term): a joint trainer then adds no second one.
     includes_task_loss: bool = False
+    # True for methods on the network's output (logits) rather than a feature
+    # layer: a comparison's feature ``layer`` does not apply to them.
+    distils_logits: bool = False
 
     def forward(
         self,

@@ -47,7 +47,8 @@ def teacher_batches(
         teacher.eval()
         for images, _, _ in loader:
             with torch.no_grad():
-                yield teacher.features(images.to(device), layers)
+                features = teacher.features(images.to(device), layers)
+            yield features  # outside no_grad: the consumer trains on these
 
     return batches
 

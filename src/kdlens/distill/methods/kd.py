@@ -35,6 +35,7 @@ from kdlens.distill.base import METHODS, DistillationMethod
 @METHODS.register("kd")
 class HintonKD(DistillationMethod):
     includes_task_loss = True
+    distils_logits = True
 
     def __init__(self, layer: str = "fc3", temperature: float = 4.0, alpha: float = 0.9) -> None:
         super().__init__()
