@@ -47,7 +47,12 @@ def student_split(config: ExperimentConfig, full_train: Dataset) -> Dataset:
 def build_network(model: ModelConfig, config: ExperimentConfig, num_classes: int, init: str) -> NamedLayerModel:
     """A model with initial weights drawn from ``(seed, init)``."""
     torch.manual_seed(derive_seed(config.seed, "init", init))
-    return build_model(
+    network = build_model(
         model.arch, num_classes=num_classes, image_size=config.data.image_size,
         width=model.width, dropout=model.dropout,
     )
+    if model.linear_init == "pytorch":
+        for module in network.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.reset_parameters()
+    return network

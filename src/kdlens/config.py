@@ -76,6 +76,11 @@ class ModelConfig(Strict):
     arch: str = "vgg11"
     width: float = Field(1.0, gt=0.0)
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    linear_init: Literal["normal", "pytorch"] = Field(
+        "normal",
+        description="normal: N(0, 0.01) as torchvision's VGG (the knowledge-points paper); pytorch: "
+        "nn.Linear's own default, whose larger head passes the task gradient down from the first step",
+    )
 
     @field_validator("arch")
     @classmethod

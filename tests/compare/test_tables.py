@@ -1,0 +1,59 @@
+"""The comparison tables and the claims checked on them."""
+
+import pytest
+
+from kdlens.compare.tables import claims, error_stats, fmt_error, per_seed_table, results_csv, table1, table4
+
+
+def row(error):
+    return {"test_error": error, "train_error": error / 2, "test_accuracy": 1 - error / 100, "seconds": 60.0}
+
+
+RESULTS = {
+    "Student": {"0": row(10.0), "1": row(12.0)},
+    "FT": {"0": row(9.0), "1": row(9.0)},
+    "IE-FT": {"0": row(8.0), "1": row(9.0)},
+}
+
+
+def test_error_stats_mean_and_sample_std():
+    stats = error_stats(RESULTS["Student"])
+    assert stats["mean"] == 11.0
+    assert stats["std"] == pytest.approx(2 ** 0.5)  # sqrt(((10-11)^2 + (12-11)^2) / (2-1))
+    assert error_stats({"0": row(5.0)})["std"] is None
+    assert fmt_error(stats) == "11.00 ± 1.41"
+
+
+def test_table1_has_teacher_student_then_methods():
+    summary = {t: error_stats(r) for t, r in RESULTS.items()}
+    text = table1("vgg11 ×0.25", 7.5, "vgg11 ×0.125", summary)
+    header, _, values = text.strip().splitlines()
+    assert header == "| Teacher: vgg11 ×0.25 | Student: vgg11 ×0.125 | FT | IE-FT |"
+    assert values == "| 7.50 | 11.00 ± 1.41 | 9.00 ± 0.00 | 8.50 ± 0.71 |"
+
+
+def test_per_seed_table_and_csv_list_every_run():
+    text = per_seed_table(RESULTS)
+    assert "| IE-FT | 8.00 | 9.00 | 8.50 ± 0.71 |" in text
+    lines = results_csv(RESULTS).strip().splitlines()
+    assert lines[0] == "method,seed,test_error,train_error,test_accuracy,seconds"
+    assert len(lines) == 1 + 6
+
+
+def test_claims_compare_ie_with_its_base_and_everything_with_the_baseline():
+    summary = {t: error_stats(r) for t, r in RESULTS.items()}
+    checks = {c["claim"]: c for c in claims(summary, "Student")}
+    assert checks["IE-FT beats FT"]["holds"] is True
+    assert checks["IE-FT beats FT"]["gap"] == pytest.approx(0.5)
+    assert checks["IE-FT beats FT"]["within_noise"] is True  # 0.5 < std 0.71
+    assert checks["FT beats the independent student"]["holds"] is True
+    worse = {**summary, "IE-FT": error_stats({"0": row(20.0)})}
+    assert {c["claim"]: c for c in claims(worse, "Student")}["IE-FT beats FT"]["holds"] is False
+
+
+def test_table4_lists_both_networks_per_mode():
+    mutual = {"Independent": {"net1": error_stats(RESULTS["Student"]), "net2": error_stats(RESULTS["FT"])},
+              "IE-DML": {"net1": error_stats(RESULTS["IE-FT"]), "net2": error_stats(RESULTS["FT"])}}
+    text = table4("a", "b", mutual)
+    assert "Independent Net 1 | Independent Net 2 | IE-DML Net 1 | IE-DML Net 2" in text
+    assert "| a | b | 11.00 ± 1.41 | 9.00 ± 0.00 | 8.50 ± 0.71 | 9.00 ± 0.00 |" in text
