@@ -160,3 +160,11 @@ def test_at_bad_parameters():
             AttentionTransfer(p=p)
     with pytest.raises(ValueError, match="expected"):
         AttentionTransfer()({"conv": torch.randn(2, 3)}, {"conv": torch.randn(2, 3)})
+
+
+def test_at_refuses_one_position_maps():
+    from kdlens.distill import METHODS
+
+    at = METHODS.build("at", layer="conv")
+    with pytest.raises(ValueError, match="more than one position"):
+        at({"conv": torch.randn(2, 4, 1, 1)}, {"conv": torch.randn(2, 4, 1, 1)})

@@ -97,6 +97,7 @@ def fit_autoencoder(
             total, count = total + loss.item(), count + 1
         schedule.step()
         losses.append(total / max(count, 1))
+    optimizer.zero_grad(set_to_none=True)
     freeze(autoencoder)
     return losses
 

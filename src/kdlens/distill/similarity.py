@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch.nn.functional as F
+import torch
 from torch import Tensor
 
 Distance = Callable[[Tensor, Tensor], Tensor]
@@ -40,7 +41,7 @@ def l1_distance(x: Tensor, y: Tensor) -> Tensor:
 def l2_distance(x: Tensor, y: Tensor) -> Tensor:
     """mean_b ||x̂_b - ŷ_b||_2 / sqrt(d)."""
     diff = _unit(x) - _unit(y)
-    return diff.pow(2).mean(1).clamp_min(1e-12).sqrt().mean()
+    return (torch.linalg.vector_norm(diff, dim=1) / diff.shape[1] ** 0.5).mean()
 
 
 def cosine_distance(x: Tensor, y: Tensor) -> Tensor:
@@ -85,7 +86,14 @@ def _negative(distance: Distance) -> Distance:
 
 
 def _cka_of_factors(x: Tensor, y: Tensor) -> Tensor:
-    return linear_cka(_unit(x), _unit(y))
+    """linear_cka as a loss term: 0 (no gradient) for a batch with no variance
+    or fewer than 3 samples, where CKA is undefined or always 1."""
+    if x.shape[0] < 3:
+        return x.new_zeros(())
+    try:
+        return linear_cka(_unit(x), _unit(y))
+    except ValueError:
+        return x.new_zeros(())
 
 
 DISTANCES: dict[str, tuple[Distance, Distance]] = {

@@ -100,8 +100,19 @@ def train_jointly(
     if teacher is None:
         raise ValueError(f"method {type(method).__name__} needs a teacher; got none")
     teacher.to(device).eval()
-    for p in teacher.parameters():
+    frozen = [p for p in teacher.parameters() if p.requires_grad]
+    for p in frozen:
         p.requires_grad_(False)
+    try:
+        return _distil(student, teacher, method, train_set, test_set, store, optim, seed=seed, role=role,
+                       device=device, progress=progress, on_epoch_end=on_epoch_end)
+    finally:
+        for p in frozen:  # the caller's teacher is left as it came
+            p.requires_grad_(True)
+
+
+def _distil(student, teacher, method, train_set, test_set, store, optim, *, seed, role, device, progress,
+            on_epoch_end) -> list[dict]:
     prepare_method(method, student, teacher, train_set, device, seed=seed, role=role, fresh=store.latest() is None)
     layers = method.layers
 

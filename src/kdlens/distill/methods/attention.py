@@ -72,5 +72,10 @@ class AttentionTransfer(DistillationMethod):
                 f"{tuple(f_t.shape)}; expected (B, C, H, W) feature maps"
             )
         f_s, f_t = match_spatial(f_s, f_t)
+        if f_s.shape[2] * f_s.shape[3] < 2:
+            raise ValueError(
+                f"layer {layer!r}: feature maps of {f_s.shape[2]}x{f_s.shape[3]}; expected more than one "
+                "position (the attention map of one position is constant)"
+            )
         q_s, q_t = attention_map(f_s, self.p), attention_map(f_t, self.p)
         return self.beta / 2 * (q_s - q_t).pow(2).mean()

@@ -94,14 +94,25 @@ class InheritanceExploration(FactorMethod):
 
     def setup(self, student: Mapping[str, Tensor], teacher: Mapping[str, Tensor]) -> None:
         (layer,) = self.layers
+        if self.variant == "ie_at":
+            for who, feature in (("student", student[layer]), ("teacher", teacher[layer])):
+                if feature.dim() != 4 or feature.shape[2] * feature.shape[3] < 2:
+                    raise ValueError(
+                        f"ie_at at layer {layer!r}: {who} feature {tuple(feature.shape)}; expected (B, C, H, W) "
+                        "feature maps larger than 1x1 (an attention map of one position is constant)"
+                    )
         factors = self._build_paraphraser(teacher[layer])
         channels = as_map(student[layer]).shape[1]
         if channels < 2 and 0 < self.eta < 1:
             raise ValueError(f"layer {layer!r} has {channels} channel(s); the split needs at least 2")
         # A permutation rather than sorted index sets: the first share is the
         # inheritance part. Persistent, so the checkpoint carries the split.
+        # With 0 < eta < 1 both parts keep at least one channel.
+        share = int(self.eta * channels + 0.5)
+        if 0 < self.eta < 1:
+            share = min(max(share, 1), channels - 1)
         self.register_buffer("permutation", torch.randperm(channels))
-        self.register_buffer("split", torch.tensor(round(self.eta * channels)))
+        self.register_buffer("split", torch.tensor(share))
         inherit, explore = self.parts()
         self.inheritance_encoder = FactorEncoder(len(inherit), factors) if len(inherit) else None
         self.exploration_encoder = FactorEncoder(len(explore), factors) if len(explore) else None
