@@ -28,7 +28,7 @@ from kdlens.config import (
 )
 from kdlens.distill import METHODS
 from kdlens.models import PAPER_LAYERS
-from kdlens.train.mutual import MUTUAL_MODES, MutualOptions
+from kdlens.train.mutual import MutualOptions
 
 BASELINE = "baseline"
 LABELS = {"baseline": "Student", "kd": "KD", "at": "AT", "ft": "FT", "od": "OD", "feature_mse": "FitNet-MSE",
