@@ -11,10 +11,8 @@ and isotropic scaling of either side (but not to arbitrary invertible linear
 maps). The IE-KD paper (Sec. 4.7, Fig. 4a) measures it between the student's
 inheritance and exploration channels: :func:`channel_split_cka`.
 
-Because ||Y_cᵀ X_c||_F² = tr(K L) with the Gram matrices K = X_c X_cᵀ and
-L = Y_c Y_cᵀ, the value is computed in whichever form is smaller (p×p feature
-products, or n×n Gram matrices when the features are wider than n), always in
-float64.
+The arithmetic is the differentiable ``kdlens.distill.similarity.linear_cka``
+(IE-KD's CKA loss), run here in float64 on detached, validated inputs.
 """
 
 from __future__ import annotations
@@ -22,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from kdlens.distill.similarity import linear_cka as differentiable_cka
 from kdlens.probes._channels import channel_index
 
 
@@ -55,15 +54,7 @@ def linear_cka(x: Tensor, y: Tensor) -> float:
         raise ValueError(f"x has {n} examples but y has {y.shape[0]}: expected the same n on both sides")
     if n < 2:
         raise ValueError(f"linear_cka got n = {n} examples: expected at least 2")
-    xc, yc = _centred(x, "x"), _centred(y, "y")
-    if n < max(xc.shape[1], yc.shape[1]):
-        gram_x, gram_y = xc @ xc.T, yc @ yc.T  # n x n
-        cross = (gram_x * gram_y).sum()
-        norm_x, norm_y = torch.linalg.norm(gram_x), torch.linalg.norm(gram_y)
-    else:
-        cross = torch.linalg.norm(yc.T @ xc) ** 2
-        norm_x, norm_y = torch.linalg.norm(xc.T @ xc), torch.linalg.norm(yc.T @ yc)
-    return float(cross / (norm_x * norm_y))
+    return float(differentiable_cka(_centred(x, "x"), _centred(y, "y")))
 
 
 def channel_split_cka(features: Tensor, first: Tensor, second: Tensor) -> float:
