@@ -2,8 +2,8 @@
 first-seed models:
 
 - LRP relevance heatmaps (Fig. 1, 3): the teacher, the independent student,
-  the KD student and an IE-KD student, whole and through its inheritance and
-  its exploration channels only;
+  the KD student and the IE-KD student with the lowest mean test error, whole
+  and through its inheritance and its exploration channels only;
 - CKA between the inheritance and the exploration channels (Fig. 4a), of each
   IE-KD student and of the independent student split the same way;
 - the number of active neurons (Fig. 4b) of the teacher, the independent
@@ -28,6 +28,11 @@ from kdlens.compare.config import BASELINE
 from kdlens.compare.runner import Comparison, seed_models
 from kdlens.data import denormalize
 from kdlens.probes import active_neurons, channel_split_cka, relevance_maps, sharpness_curve
+
+
+def _mean_error(comparison: Comparison, title: str) -> float:
+    rows = comparison.results.get(title, {}).values()
+    return sum(r["test_error"] for r in rows) / len(rows) if rows else float("inf")
 
 
 def _split(method_state: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,7 +112,7 @@ def analyze_comparison(comparison: Comparison, *, progress: bool = True) -> dict
             maps[title] = relevance_maps(models[title][0], batch).cpu()
             predictions[title] = models[title][0](batch).argmax(1).tolist()
         if ie_entries:
-            entry = ie_entries[0]
+            entry = min(ie_entries, key=lambda e: _mean_error(comparison, e.title))
             model, state = models[entry.title]
             inherit, explore = _split(state)
             layer = entry.resolved_layer(config.layer)

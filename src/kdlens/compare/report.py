@@ -31,6 +31,38 @@ def _claim_lines(checks: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _untrained_lines(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[str]:
+    """Methods that did not even fit their training data: their test error
+    says the loss overwhelmed the task, not how well they transfer knowledge."""
+    lines = []
+    for title, per_seed in results.items():
+        train = error_stats(per_seed, "train_error")
+        if train["mean"] is not None and train["mean"] >= 50.0:
+            lines.append(f"- {title} did not fit the training set (train error {train['mean']:.1f}%): "
+                         "its distillation loss overwhelmed the task loss at these settings")
+    return lines
+
+
+def _sharpness_lines(curves: Mapping[str, list], baseline: str) -> list[str]:
+    """IE-KD vs independent rise of the training loss under weight noise. As in
+    the paper (whose two minima had training losses 0.131 and 0.126), a rise is
+    only compared between minima of similar depth: the unperturbed losses within
+    a factor of 2 of each other (a network stuck near chance is flat, not good)."""
+    base = curves[baseline]
+    lines = []
+    for title in [t for t in curves if t.startswith("IE-")]:
+        curve = curves[title]
+        depth, base_depth = curve[0]["loss_mean"], base[0]["loss_mean"]
+        rise, base_rise = curve[-1]["loss_mean"] - depth, base[-1]["loss_mean"] - base_depth
+        head = (f"- {title}: loss {depth:.3f} → {curve[-1]['loss_mean']:.3f} at σ = {curve[-1]['sigma']:g}, "
+                f"independent student {base_depth:.3f} → {base[-1]['loss_mean']:.3f}")
+        if max(depth, base_depth) > 2 * min(depth, base_depth):
+            lines.append(f"{head} — not comparable: minima of different depth")
+        else:
+            lines.append(f"{head} — {'flatter, as the paper found' if rise < base_rise else 'not flatter'}")
+    return lines
+
+
 def _jsonable(analysis: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in analysis.items() if k != "relevance"}
 
@@ -77,6 +109,7 @@ def write_comparison_report(comparison: Comparison, analysis: Optional[Mapping[s
         "## The paper's claims on these numbers",
         "",
         *_claim_lines(claims(summary, baseline)),
+        *_untrained_lines(comparison.results),
         "",
     ]
     put("figures/errors.png", figures.error_bars(summary, teacher_error))
@@ -121,16 +154,15 @@ def write_comparison_report(comparison: Comparison, analysis: Optional[Mapping[s
             lines += ["![sharpness](figures/sharpness.png)", ""]
             base = analysis["sharpness"].get(baseline)
             if base:
-                rise = {t: c[-1]["loss_mean"] - c[0]["loss_mean"] for t, c in analysis["sharpness"].items()}
-                for title in [t for t in rise if t.startswith("IE-")]:
-                    flatter = rise[title] < rise[baseline]
-                    lines.append(f"- {title}: loss rises by {rise[title]:.3f} at σ = {base[-1]['sigma']:g} vs "
-                                 f"{rise[baseline]:.3f} for the independent student — "
-                                 f"{'flatter, as the paper found' if flatter else 'not flatter'}")
+                lines += _sharpness_lines(analysis["sharpness"], baseline)
                 lines.append("")
         atomic_write_json(out / "analysis.json", _jsonable(analysis))
         written["analysis.json"] = out / "analysis.json"
+    recorded = comparison.teacher_row.get("seconds", 0.0) + sum(
+        row.get("seconds", 0.0) for per_seed in comparison.results.values() for row in per_seed.values())
     lines += ["## Timing", "",
-              *(f"- {k.replace('_s', '').replace('_', ' ')}: {v / 60:.1f} min" for k, v in timing.items()), ""]
+              *(f"- {k.replace('_s', '').replace('_', ' ')}: {v / 60:.1f} min" for k, v in timing.items()),
+              f"- training epochs recorded in the checkpoints (teacher and students, without evaluation): "
+              f"{recorded / 60:.1f} min", ""]
     put("compare.md", "\n".join(lines))
     return written

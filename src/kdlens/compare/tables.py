@@ -50,7 +50,7 @@ def table1(teacher_name: str, teacher_error: Optional[float], student_name: str,
 
 def per_seed_table(results: Results) -> str:
     seeds = sorted({s for per_seed in results.values() for s in per_seed}, key=int)
-    header = ["method", *(f"seed {s}" for s in seeds), "mean ± std", "train error", "minutes"]
+    header = ["method", *(f"seed {s}" for s in seeds), "mean ± std", "train error", "training minutes (all seeds)"]
     rows = []
     for title, per_seed in results.items():
         stats = error_stats(per_seed)
