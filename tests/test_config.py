@@ -97,6 +97,7 @@ def test_missing_file_and_bad_yaml(tmp_path):
 
 def test_shipped_configs_are_valid(tmp_path):
     configs = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+    configs = [p for p in configs if not p.name.startswith("compare-")]  # kdlens compare's own schema
     assert configs
     for path in configs:
         raw = yaml.safe_load(path.read_text())

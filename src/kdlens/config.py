@@ -9,7 +9,7 @@ its directory, so any result can be traced back to what made it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, TypeVar, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -18,6 +18,7 @@ from kdlens.distill import METHODS
 from kdlens.models import MODELS, PAPER_LAYERS
 
 ROLES = ("teacher", "baseline", "student")
+Schema = TypeVar("Schema", bound=BaseModel)
 
 
 class ConfigError(ValueError):
@@ -215,18 +216,23 @@ def describe_error(error: dict, root: type[BaseModel]) -> str:
     return f"{key} = {error['input']!r}: {message}"
 
 
-def parse_config(raw: Any, source: str = "config") -> ExperimentConfig:
-    """Validate a mapping into an :class:`ExperimentConfig` or raise :class:`ConfigError`."""
+def validate(schema: type[Schema], raw: Any, source: str = "config") -> Schema:
+    """Validate a mapping into ``schema`` or raise a one-line :class:`ConfigError`."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of keys to values, got {type(raw).__name__}")
     try:
-        return ExperimentConfig.model_validate(raw)
+        return schema.model_validate(raw)
     except ValidationError as exc:
         errors = exc.errors()
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise ConfigError(f"{source}: {describe_error(errors[0], ExperimentConfig)}{more}") from None
+        raise ConfigError(f"{source}: {describe_error(errors[0], schema)}{more}") from None
+
+
+def parse_config(raw: Any, source: str = "config") -> ExperimentConfig:
+    """Validate a mapping into an :class:`ExperimentConfig` or raise :class:`ConfigError`."""
+    return validate(ExperimentConfig, raw, source)
 
 
 def read_yaml(path: str | Path) -> Any:

@@ -12,15 +12,6 @@ ALPHA, TAU = 2.0, 0.1
 EXACT = dict(alpha=ALPHA, tau=TAU, steps=1500, lr=0.03, noise_samples=64, variance_samples=512)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny tensors: a second intra-op thread only adds contention on a 2-core machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def linear(n_in=8, n_out=6, bias=True, seed=0):
     torch.manual_seed(seed)
     lin = nn.Linear(n_in, n_out, bias=bias)

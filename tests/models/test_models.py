@@ -55,16 +55,6 @@ POOL_SIDES = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # These models are tiny: intra-op threads only fight each other (and any
-    # other test run on the machine), which made this file ~10x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_every_model_has_expectations():
     assert set(ALL) == set(SMALL) == set(LARGE) == set(STAGE_SIDES)
     assert all(arch.rstrip("0123456789") in POOL_SIDES for arch in ALL)

@@ -12,17 +12,6 @@ from kdlens.models import NamedLayerModel, build_model
 from kdlens.probes import ActiveNeurons, active_neurons, count_active
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # On this 2-core machine, when other processes load it, torch's intra-op
-    # pool spin-waits and a backward pass of these tiny models takes ~100x
-    # longer with 2 threads than with 1. Restored after the module.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _dataset(n: int, shape: tuple[int, ...], classes: int, seed: int = 0) -> list[Sample]:
     g = torch.Generator().manual_seed(seed)
     images = torch.randn(n, *shape, generator=g)

@@ -10,17 +10,6 @@ from kdlens.models import NamedLayerModel, build_model
 from kdlens.probes import relevance_maps
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # On this 2-core machine, when other processes load it, torch's intra-op
-    # pool spin-waits and a backward pass of these tiny models takes ~100x
-    # longer with 2 threads than with 1. Restored after the module.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _tiny() -> NamedLayerModel:
     """flatten -> Linear(4, 2) -> ReLU -> Linear(2, 2), weights set by hand."""
     fc1, fc3 = nn.Linear(4, 2), nn.Linear(2, 2)

@@ -7,8 +7,6 @@ import torch
 from kdlens.report import hypothesis_verdicts, write_report
 from kdlens.report.tables import fmt, markdown_table
 
-torch.set_num_threads(1)
-
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 

@@ -13,18 +13,17 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from kdlens.config import (
-    ConfigError,
     DataConfig,
     ExperimentConfig,
     ModelConfig,
     OptimConfig,
     Strict,
     SyntheticData,
-    describe_error,
     read_yaml,
+    validate,
 )
 from kdlens.distill import METHODS
 from kdlens.models import PAPER_LAYERS
@@ -178,16 +177,7 @@ class CompareConfig(Strict):
 
 
 def parse_compare_config(raw: Any, source: str = "config") -> CompareConfig:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a mapping of keys to values, got {type(raw).__name__}")
-    try:
-        return CompareConfig.model_validate(raw)
-    except ValidationError as exc:
-        errors = exc.errors()
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise ConfigError(f"{source}: {describe_error(errors[0], CompareConfig)}{more}") from None
+    return validate(CompareConfig, raw, source)
 
 
 def load_compare_config(path: str | Path) -> CompareConfig:

@@ -1,5 +1,7 @@
 """The compare config: defaults, entries by name or mapping, one-line errors."""
 
+from pathlib import Path
+
 import pytest
 
 from kdlens.compare.config import load_compare_config, parse_compare_config
@@ -49,7 +51,12 @@ def test_mistakes_are_one_line_errors(raw, message):
     assert "\n" not in str(info.value)
 
 
-def test_the_ready_config_loads():
-    config = load_compare_config("configs/compare-synthetic.yaml")
+def test_the_ready_configs_load():
+    root = Path(__file__).parents[2] / "configs"
+    config = load_compare_config(root / "compare-synthetic.yaml")
     assert len(config.seeds) >= 2
     assert {e.name for e in config.methods} >= {"baseline", "kd", "at", "ft", "od", "ie_at", "ie_ft", "ie_od"}
+    mutual = load_compare_config(root / "compare-mutual-synthetic.yaml")
+    assert [e.mode for e in mutual.mutual] == ["dml", "ie_dml"]
+    for path in root.glob("compare-*.yaml"):
+        load_compare_config(path)
