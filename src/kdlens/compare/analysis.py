@@ -17,7 +17,7 @@ student's training set) and test images (the first ``relevance_images``).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch.utils.data import Subset
@@ -45,14 +45,17 @@ def _feature(model, images: torch.Tensor, layer: str, batch_size: int = 256) -> 
     return torch.cat([model.forward_to(images[i:i + batch_size], layer) for i in range(0, len(images), batch_size)])
 
 
-def analyze_comparison(comparison: Comparison, *, progress: bool = True) -> dict[str, Any]:
+def analyze_comparison(comparison: Comparison, *, progress: bool = True) -> Optional[dict[str, Any]]:
     config = comparison.config
     settings = config.analysis
     device = resolve_device(config.device)
     models = seed_models(comparison)
     for model, _ in models.values():
         model.to(device)
-    teacher = comparison.teacher.to(device).eval()
+    teacher = comparison.teacher
+    if teacher is None:
+        return None  # only the independent student: nothing to explain
+    teacher.to(device).eval()
     baseline = next(e.title for e in config.methods if e.name == BASELINE)
     ie_entries = [e for e in config.methods if e.name.startswith("ie_")]
     kd_entries = [e for e in config.methods if e.name == "kd"]

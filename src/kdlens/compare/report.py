@@ -90,8 +90,9 @@ def write_comparison_report(comparison: Comparison, analysis: Optional[Mapping[s
     lines = [
         "# kdlens compare: distillation methods side by side",
         "",
-        f"Teacher {_model_name(config.teacher_model)} ({config.teacher.epochs} epochs), "
-        f"student {_model_name(config.model)} ({config.student.epochs} epochs, task loss + method loss, "
+        (f"Teacher {_model_name(config.teacher_model)} ({config.teacher.epochs} epochs), "
+         if comparison.teacher is not None else "No teacher (no method needs one), ")
+        + f"student {_model_name(config.model)} ({config.student.epochs} epochs, task loss + method loss, "
         f"trained jointly), feature methods at `{config.layer}`; data `{data.name}` at {data.image_size} px, "
         f"{len(comparison.train_set)} training images; seeds {seeds}. "
         f"Every student of a seed starts from the same weights and sees the same batches.",

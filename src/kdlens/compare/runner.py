@@ -6,7 +6,7 @@ checkpoints each epoch, so an interrupted comparison resumes where it stopped.
 Layout of the output directory::
 
     config.yaml, meta.json          the resolved compare config
-    teacher/                        checkpoints of the one teacher
+    teacher/                        checkpoints of the one teacher (when a method needs it)
     students/<method>/seed<k>/      checkpoints of each method's student
     mutual/<mode>/seed<k>/          checkpoints of each mutually trained pair
     mutual/independent-net2/seed<k>/  net 2 trained alone (Table 4's "Independent")
@@ -61,7 +61,7 @@ class Comparison:
     datasets: tuple[Dataset, Dataset]
     train_set: Dataset
     num_classes: int
-    teacher: NamedLayerModel
+    teacher: Optional[NamedLayerModel]
     results: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     mutual: dict[str, dict[str, dict[str, dict[str, Any]]]] = field(default_factory=dict)
     teacher_row: dict[str, Any] = field(default_factory=dict)
@@ -90,11 +90,11 @@ def train_comparison(config: CompareConfig, out: str | Path, *, progress: bool =
     train_set = student_split(first, datasets[0])
     num_classes = len(datasets[0].classes)
 
-    teacher = train_from_scratch("teacher", first, run, progress=progress, datasets=datasets)
-    teacher_history = run.role("teacher").load(run.role("teacher").latest())["history"]
-    comparison = Comparison(config, run, datasets, train_set, num_classes, teacher,
-                            teacher_row=_error_row(teacher_history))
-    comparison.timing["teacher_s"] = comparison.teacher_row["seconds"]
+    teacher, teacher_row = None, {}
+    if any(entry.name != BASELINE for entry in config.methods):  # mutual learning needs none
+        teacher = train_from_scratch("teacher", first, run, progress=progress, datasets=datasets)
+        teacher_row = _error_row(run.role("teacher").load(run.role("teacher").latest())["history"])
+    comparison = Comparison(config, run, datasets, train_set, num_classes, teacher, teacher_row=teacher_row)
 
     for seed in config.seeds:
         experiment = config.experiment(seed)
