@@ -78,3 +78,12 @@ def test_cli_names_a_bad_config(tmp_path, capsys):
     bad.write_text("methods: [kd]\n")
     assert main(["compare", "--config", str(bad), "--out", str(tmp_path / "out")]) == 2
     assert "expected 'baseline' among them" in capsys.readouterr().err
+
+
+def test_mutual_learning_alone_needs_no_teacher(tmp_path):
+    raw = {**TINY, "seeds": [0], "methods": ["baseline"], "mutual": ["ie_dml"]}
+    files = run_comparison(parse_compare_config(raw), tmp_path, progress=False)
+    assert not (tmp_path / "teacher").exists()
+    report = (tmp_path / "compare.md").read_text()
+    assert "No teacher" in report and "Independent Net 1" in report and "IE-DML Net 2" in report
+    assert "analysis.json" not in files
