@@ -77,7 +77,7 @@ def test_dml_loss_is_cross_entropy_plus_kl_to_the_peer():
     x, y = torch.randn(6, 3, 32, 32), torch.randint(0, 4, (6,))
     loss, terms = pair.loss(0, x, y)
     with torch.no_grad():
-        z2 = pair.nets[1].eval()(x)  # the peer: eval mode, no gradients
+        z2 = pair.nets[1].train()(x)  # the peer: train mode (batch statistics), no gradients
         z1 = pair.nets[0].train()(x)  # network 1 as loss() ran it
     expected = F.cross_entropy(z1, y) + F.kl_div(F.log_softmax(z1, 1), F.softmax(z2, 1), reduction="batchmean")
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)

@@ -15,10 +15,15 @@ own auto-encoder (which makes the factors the *other* network inherits from)
 and the encoders of its inheritance and exploration parts.
 
 Choices of ours, where the paper is silent: while one side is updated the
-other side is evaluated in eval mode without gradients, so step (b) changes
-nothing of network 2's (not even batch-norm statistics), and vice versa; the
-reconstruction loss trains only the auto-encoder (the feature is detached), so
-it does not push the backbone towards easily reconstructed features.
+other side's predictions are computed as DML computes them, in train mode
+(batch statistics, dropout), but without gradients and with its batch-norm
+running statistics restored afterwards, so step (b) changes nothing of network
+2's, and vice versa. (Eval-mode predictions of a network that is itself still
+training lean on stale running statistics; with them DML lost 10-15 points
+to independent training here.) The peer's auto-encoder, which only encodes
+the peer's feature for this step, runs in eval mode. The reconstruction loss
+trains only the auto-encoder (the feature is detached), so it does not push
+the backbone towards easily reconstructed features.
 """
 
 from __future__ import annotations
@@ -101,11 +106,19 @@ class MutualPair(nn.Module):
             module.train()
 
     def loss(self, k: int, images: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, float]]:
-        """L_k with the other side fixed (eval mode, no gradients)."""
+        """L_k with the other side fixed (no gradients, its state left as it was)."""
         layers = [self.options.layer] if self.mode == "ie_dml" else []
         self._set_modes(k)
-        with torch.no_grad():
-            peer_logits, peer_features = self.nets[1 - k].forward_with_features(images, layers)
+        peer = self.nets[1 - k]
+        saved = {name: buffer.clone() for name, buffer in peer.named_buffers()}
+        peer.train()
+        try:
+            with torch.no_grad():
+                peer_logits, peer_features = peer.forward_with_features(images, layers)
+        finally:
+            for name, buffer in peer.named_buffers():
+                buffer.copy_(saved[name])
+            peer.eval()
         logits, features = self.nets[k].forward_with_features(images, layers)
         task = F.cross_entropy(logits, labels)
         terms = {"ce": float(task.detach())}
