@@ -21,6 +21,13 @@ ROLES = ("teacher", "baseline", "student")
 Schema = TypeVar("Schema", bound=BaseModel)
 
 
+def paper_layer(layer: str) -> str:
+    """``layer`` if the models have it, else a ValueError naming it."""
+    if layer not in PAPER_LAYERS:
+        raise ValueError(f"the models have no layer {layer!r}; expected one of {', '.join(PAPER_LAYERS)}")
+    return layer
+
+
 class ConfigError(ValueError):
     """A config that cannot be used; the message is one line."""
 
@@ -120,12 +127,7 @@ class StudentConfig(Strict):
     classify: OptimConfig = OptimConfig()
     teacher_checkpoint: Optional[Path] = None
 
-    @field_validator("layer")
-    @classmethod
-    def _layer(cls, layer: str) -> str:
-        if layer not in PAPER_LAYERS:
-            raise ValueError(f"the models have no layer {layer!r}; expected one of {', '.join(PAPER_LAYERS)}")
-        return layer
+    _layer = field_validator("layer")(classmethod(lambda cls, layer: paper_layer(layer)))
 
     @field_validator("method")
     @classmethod

@@ -22,11 +22,11 @@ from kdlens.config import (
     OptimConfig,
     Strict,
     SyntheticData,
+    paper_layer,
     read_yaml,
     validate,
 )
 from kdlens.distill import METHODS
-from kdlens.models import PAPER_LAYERS
 from kdlens.train.mutual import MutualOptions
 
 BASELINE = "baseline"
@@ -47,12 +47,7 @@ class MethodEntry(Strict):
             raise ValueError(f"unknown method; expected {BASELINE} or one of {', '.join(METHODS.names())}")
         return name
 
-    @field_validator("layer")
-    @classmethod
-    def _layer(cls, layer: Optional[str]) -> Optional[str]:
-        if layer is not None and layer not in PAPER_LAYERS:
-            raise ValueError(f"the models have no layer {layer!r}; expected one of {', '.join(PAPER_LAYERS)}")
-        return layer
+    _layer = field_validator("layer")(classmethod(lambda cls, layer: None if layer is None else paper_layer(layer)))
 
     @property
     def title(self) -> str:
@@ -121,12 +116,7 @@ class CompareConfig(Strict):
             return {"name": "synthetic", "student_fraction": 1.0, **data}
         return data
 
-    @field_validator("layer")
-    @classmethod
-    def _layer(cls, layer: str) -> str:
-        if layer not in PAPER_LAYERS:
-            raise ValueError(f"the models have no layer {layer!r}; expected one of {', '.join(PAPER_LAYERS)}")
-        return layer
+    _layer = field_validator("layer")(classmethod(lambda cls, layer: paper_layer(layer)))
 
     @field_validator("seeds")
     @classmethod
