@@ -2,7 +2,17 @@
 
 import pytest
 
-from kdlens.compare.tables import claims, error_stats, fmt_error, per_seed_table, results_csv, table1, table4
+from kdlens.compare.tables import (
+    claims,
+    error_stats,
+    fmt_error,
+    per_seed_table,
+    rate_claims,
+    rate_table,
+    results_csv,
+    table1,
+    table4,
+)
 
 
 def row(error):
@@ -35,9 +45,9 @@ def test_table1_has_teacher_student_then_methods():
 def test_per_seed_table_and_csv_list_every_run():
     text = per_seed_table(RESULTS)
     assert "| IE-FT | 8.00 | 9.00 | 8.50 ± 0.71 |" in text
-    lines = results_csv(RESULTS).strip().splitlines()
-    assert lines[0] == "method,seed,test_error,train_error,test_accuracy,seconds"
-    assert len(lines) == 1 + 6
+    lines = results_csv({"100%": RESULTS}).strip().splitlines()
+    assert lines[0] == "rate,method,seed,test_error,train_error,test_accuracy,seconds"
+    assert len(lines) == 1 + 6 and lines[1].startswith("100%,")
 
 
 def test_claims_compare_ie_with_its_base_and_everything_with_the_baseline():
@@ -57,3 +67,30 @@ def test_table4_lists_both_networks_per_mode():
     text = table4("a", "b", mutual)
     assert "Independent Net 1 | Independent Net 2 | IE-DML Net 1 | IE-DML Net 2" in text
     assert "| a | b | 11.00 ± 1.41 | 9.00 ± 0.00 | 8.50 ± 0.71 | 9.00 ± 0.00 |" in text
+
+
+BY_RATE = {
+    "100%": {"Student": {"0": row(10.0), "1": row(12.0)}, "KD": {"0": row(9.0)}, "IEP": {"0": row(8.0), "1": row(9.0)}},
+    "25%": {"Student": {"0": row(30.0), "1": row(34.0)}, "KD": {"0": row(25.0)}, "IEP": {"0": row(26.0), "1": row(27.0)}},
+}
+
+
+def test_rate_table_gives_accuracy_per_rate_and_method():
+    lines = rate_table(BY_RATE).strip().splitlines()
+    assert lines[0] == "| Rate | Student | KD | IEP |"
+    assert lines[2] == "| 100% | 89.00 ± 1.41 | 91.00 | 91.50 ± 0.71 |"
+    assert lines[3] == "| 25% | 68.00 ± 2.83 | 75.00 | 73.50 ± 0.71 |"
+    csv_lines = results_csv(BY_RATE).strip().splitlines()
+    assert len(csv_lines) == 1 + 10 and csv_lines[-1].startswith("25%,IEP,1,")
+
+
+def test_rate_claims():
+    checks = {c["claim"]: c for c in rate_claims(BY_RATE, "IEP", "Student")}
+    top = checks["IEP is the most accurate at 100% (best other: KD)"]
+    assert top["holds"] is True and top["gap"] == pytest.approx(0.5)
+    low = checks["IEP is the most accurate at 25% (best other: KD)"]
+    assert low["holds"] is False and low["gap"] == pytest.approx(-1.5)
+    growing = checks["IEP's gain over Student grows as the rate falls"]
+    # gains: 91.5 - 89 = 2.5 at 100 %, 73.5 - 68 = 5.5 at 25 %
+    assert growing["holds"] is True and growing["gains"] == {"25%": pytest.approx(5.5), "100%": pytest.approx(2.5)}
+    assert rate_claims({"100%": {"Student": BY_RATE["100%"]["Student"]}}, "IEP", "Student")[0]["holds"] is None

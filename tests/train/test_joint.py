@@ -22,6 +22,7 @@ METHOD_OPTIONS = {
     "od": {},
     "at": {},
     "kd": {},
+    "iep": dict(mpnn_epochs=1),
 }
 
 
@@ -65,7 +66,7 @@ def _assert_same(a: dict, b: dict) -> None:
         assert torch.equal(a[key], b[key]), key
 
 
-@pytest.mark.parametrize("name", ["ie_ft", "ie_at", "ie_od", "ft", "od", "at", "kd", None])
+@pytest.mark.parametrize("name", ["ie_ft", "ie_at", "ie_od", "ft", "od", "at", "kd", "iep", None])
 def test_one_epoch_per_method_writes_checkpoints(name, data, tmp_path):
     store = CheckpointStore(tmp_path / "student")
     teacher_before = {k: v.clone() for k, v in _teacher().state_dict().items()}
@@ -128,7 +129,7 @@ def _stop_after(epoch_to_stop):
     return callback
 
 
-@pytest.mark.parametrize("name", ["ie_ft", "ft", "od"])
+@pytest.mark.parametrize("name", ["ie_ft", "ft", "od", "iep"])
 def test_resume_matches_an_uninterrupted_run(name, data, tmp_path):
     # uninterrupted: 2 epochs
     whole_store = CheckpointStore(tmp_path / "whole")

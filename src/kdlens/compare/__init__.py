@@ -1,7 +1,8 @@
 """``kdlens compare``: many distillation methods on one teacher, the same data
 and seeds, reported in the form of the IE-KD paper's Table 1 with its
 analysis figures. ``run_comparison`` is the whole pipeline; the pieces are
-``runner`` (training), ``analysis`` (sec. 4.7 tools), ``tables``, ``figures``
+``runner`` (training), ``analysis`` (IE-KD's sec. 4.7 tools),
+``iep_knowledge`` (IEP's Fig. 5), ``tables``, ``figures``, ``iep_figures``
 and ``report``."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from kdlens.compare.config import CompareConfig, load_compare_config, parse_comp
 def run_comparison(config: CompareConfig, out: str | Path, *, progress: bool = True) -> dict[str, Path]:
     """Train (resuming what exists), analyse and report into ``out``; returns the written files."""
     from kdlens.compare.analysis import analyze_comparison
+    from kdlens.compare.iep_knowledge import iep_knowledge
     from kdlens.compare.report import write_comparison_report
     from kdlens.compare.runner import train_comparison
 
@@ -22,10 +24,12 @@ def run_comparison(config: CompareConfig, out: str | Path, *, progress: bool = T
     comparison = train_comparison(config, out, progress=progress)
     trained = time.perf_counter()
     analysis = analyze_comparison(comparison, progress=progress) if config.analysis.enabled else None
+    iep = {entry.title: iep_knowledge(comparison, entry, per_class=config.analysis.iep_images_per_class)
+           for entry in config.methods if entry.name == "iep" and comparison.teacher is not None}
     finished = time.perf_counter()
     timing = {"training (this invocation)_s": trained - began, "analysis_s": finished - trained,
               "total_s": finished - began}
-    return write_comparison_report(comparison, analysis, out, timing)
+    return write_comparison_report(comparison, analysis, out, timing, iep=iep)
 
 
 __all__ = ["CompareConfig", "load_compare_config", "parse_compare_config", "run_comparison"]

@@ -4,7 +4,9 @@ protocol; Table 4's for the mutual-learning rows).
 
 Students train jointly on the task loss plus the method's loss (see
 ``kdlens.train.joint``), on ``data.student_fraction`` of the training set,
-which defaults to all of it here, as in the IE-KD paper.
+which defaults to all of it here, as in the IE-KD paper. ``sample_rates``
+repeats every method at several fractions instead (the IEP paper's Table 1:
+the teacher on all the data, the students on 100 / 50 / 25 / 10 % of it).
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from kdlens.train.mutual import MutualOptions
 
 BASELINE = "baseline"
 LABELS = {"baseline": "Student", "kd": "KD", "at": "AT", "ft": "FT", "od": "OD", "feature_mse": "FitNet-MSE",
-          "ie_at": "IE-AT", "ie_ft": "IE-FT", "ie_od": "IE-OD", "dml": "DML", "ie_dml": "IE-DML"}
+          "ie_at": "IE-AT", "ie_ft": "IE-FT", "ie_od": "IE-OD", "dml": "DML", "ie_dml": "IE-DML",
+          "iep": "IEP"}
 
 
 class MethodEntry(Strict):
@@ -53,6 +56,12 @@ class MethodEntry(Strict):
     def title(self) -> str:
         return self.label or LABELS.get(self.name, self.name)
 
+    @model_validator(mode="after")
+    def _no_layer_for_sensing_points(self) -> "MethodEntry":
+        if self.layer is not None and self.name != BASELINE and METHODS.get(self.name).sensing_points:
+            raise ValueError(f"{self.name} taps its own sensing points; give options.points instead of layer")
+        return self
+
     def resolved_layer(self, default: str) -> str:
         """The entry's layer, else the output for logit methods, else ``default``."""
         if self.layer is not None:
@@ -60,6 +69,8 @@ class MethodEntry(Strict):
         return "fc3" if METHODS.get(self.name).distils_logits else default
 
     def build(self, default_layer: str):
+        if METHODS.get(self.name).sensing_points:
+            return METHODS.build(self.name, **self.options)
         return METHODS.build(self.name, layer=self.resolved_layer(default_layer), **self.options)
 
 
@@ -91,6 +102,7 @@ class ComparisonAnalysis(Strict):
     energy: float = Field(0.95, gt=0.0, le=1.0, description="share of the gradient energy active neurons hold")
     sharpness_sigmas: list[float] = [0.0, 0.01, 0.02, 0.03, 0.04]
     sharpness_draws: int = Field(3, ge=1)
+    iep_images_per_class: int = Field(8, ge=1, description="test images per class in the IEP knowledge figures")
 
 
 class CompareConfig(Strict):
@@ -107,6 +119,11 @@ class CompareConfig(Strict):
         description="each a method name or {name, label, layer, options}",
     )
     mutual: list[MutualEntry] = Field(default_factory=list, description="dml / ie_dml, or {mode, label, options}")
+    sample_rates: Optional[list[float]] = Field(
+        None, min_length=1,
+        description="train every student at each of these fractions of the training set "
+                    "(IEP's Table 1: [1.0, 0.5, 0.25, 0.1]); default: data.student_fraction only",
+    )
     analysis: ComparisonAnalysis = ComparisonAnalysis()
 
     @field_validator("data", mode="before")
@@ -124,6 +141,23 @@ class CompareConfig(Strict):
         if len(set(seeds)) != len(seeds):
             raise ValueError("expected distinct seeds")
         return seeds
+
+    @field_validator("sample_rates")
+    @classmethod
+    def _rates(cls, rates: Optional[list[float]]) -> Optional[list[float]]:
+        if rates is None:
+            return rates
+        bad = [r for r in rates if not 0.0 < r <= 1.0]
+        if bad:
+            raise ValueError(f"rates {bad}: expected fractions in (0, 1]")
+        if len(set(rates)) != len(rates):
+            raise ValueError("expected distinct rates")
+        return rates
+
+    @property
+    def rates(self) -> list[float]:
+        """The students' fractions of the training set, the main (first) one first."""
+        return list(self.sample_rates) if self.sample_rates else [self.data.student_fraction]
 
     @field_validator("methods", mode="before")
     @classmethod

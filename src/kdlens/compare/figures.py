@@ -6,6 +6,7 @@
 * :func:`cka_bars`          - Fig. 4(a): CKA of the inheritance vs exploration channels.
 * :func:`active_neuron_bars` - Fig. 4(b): the number of active neurons.
 * :func:`sharpness_lines`   - Fig. 4(c): training loss against the weight-noise scale.
+* :func:`rate_lines`        - the IEP paper's Table 1 as a picture: accuracy against the sample rate.
 """
 
 from __future__ import annotations
@@ -117,4 +118,34 @@ def sharpness_lines(curves: Mapping[str, list[Mapping[str, float]]]) -> bytes:
     ax.set_ylabel("training loss")
     ax.legend(fontsize=7, ncol=2)
     ax.set_title("Fig. 4(c): sharpness of the converged minimum", fontsize=9)
+    return _png(fig)
+
+
+def rate_lines(by_rate: Mapping[str, Mapping[str, Mapping[str, Any]]], teacher_error: float | None) -> bytes:
+    """Test accuracy (mean ± std over seeds) of each method against the
+    students' sample rate, on a log axis."""
+    from kdlens.compare.tables import accuracy_stats
+
+    rates = sorted(by_rate, key=lambda r: float(r.rstrip("%")))
+    titles = list(dict.fromkeys(t for results in by_rate.values() for t in results))
+    fig = Figure(figsize=(5.2, 3.6))
+    ax = fig.add_subplot()
+    for i, title in enumerate(titles):
+        points = [(float(r.rstrip("%")), accuracy_stats(by_rate[r][title])) for r in rates if title in by_rate[r]]
+        points = [(x, s) for x, s in points if s["mean"] is not None]
+        if not points:
+            continue
+        style = dict(color="tab:orange", linestyle="--") if i == 0 else {}
+        ax.errorbar([x for x, _ in points], [s["mean"] for _, s in points],
+                    yerr=[s["std"] or 0.0 for _, s in points], marker="o", capsize=3, label=title, **style)
+    if teacher_error is not None:
+        ax.axhline(100.0 - teacher_error, color="tab:green", linestyle=":", label="teacher (all data)")
+    ax.set_xscale("log")
+    ticks = [float(r.rstrip("%")) for r in rates]
+    ax.set_xticks(ticks, [f"{t:g}%" for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("the students' share of the training set")
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(fontsize=7)
+    ax.set_title("accuracy per sample rate (mean ± std over seeds)", fontsize=9)
     return _png(fig)

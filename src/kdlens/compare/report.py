@@ -1,17 +1,28 @@
 """The comparison's report: ``compare.md`` with the Table-1-style table, the
-per-seed numbers, the mutual-learning table, the paper's claims checked on
-these numbers and the analysis figures; ``results.csv`` and ``analysis.json``
-beside it. Every file is written atomically."""
+per-seed numbers, the sample-rate table, the mutual-learning table, the
+papers' claims checked on these numbers, the analysis figures and the IEP
+knowledge figures; ``results.csv`` and ``analysis.json`` beside it. Every
+file is written atomically."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from kdlens.compare import figures
+from kdlens.compare import figures, iep_figures
 from kdlens.compare.config import BASELINE
-from kdlens.compare.runner import Comparison
-from kdlens.compare.tables import claims, error_stats, per_seed_table, results_csv, table1, table4
+from kdlens.compare.runner import Comparison, safe_name
+from kdlens.compare.tables import (
+    claims,
+    error_stats,
+    per_seed_table,
+    rate_claims,
+    rate_table,
+    results_csv,
+    table1,
+    table4,
+)
 from kdlens.store import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 
@@ -67,8 +78,56 @@ def _jsonable(analysis: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in analysis.items() if k != "relevance"}
 
 
+def _rate_lines(comparison: Comparison, baseline: str, put) -> list[str]:
+    """The IEP paper's Table 1: every method at every sample rate."""
+    by_rate = comparison.by_rate
+    put("figures/rates.png", figures.rate_lines(by_rate, comparison.teacher_row.get("test_error")))
+    lines = ["## Test accuracy (%) per sample rate, in the form of the IEP paper's Table 1", "",
+             "The teacher trained on all the training images; each student on the given share of them "
+             "(the same images for every method and seed; a lower rate's images are among a higher one's).", "",
+             rate_table(by_rate), "Mean ± sample standard deviation over the seeds.", "",
+             "![accuracy per sample rate](figures/rates.png)", ""]
+    for entry in comparison.config.methods:
+        if entry.name != "iep":
+            continue
+        for check in rate_claims(by_rate, entry.title, baseline):
+            if check["holds"] is None:
+                lines.append(f"- {check['claim']}: not measured")
+                continue
+            word = "**yes**" if check["holds"] else "**no**"
+            if "gains" in check:
+                gains = ", ".join(f"{g:+.2f} at {r}" for r, g in check["gains"].items())
+                lines.append(f"- {check['claim']}: {word} (accuracy points over {baseline}: {gains})")
+            else:
+                lines.append(f"- {check['claim']}: {word}, {check['gap']:+.2f} accuracy points")
+    lines.append("")
+    return lines
+
+
+def _iep_lines(comparison: Comparison, knowledge: Mapping[str, Mapping[str, Any]], put) -> list[str]:
+    """Fig. 5 and how close each student's IEP knowledge comes to the teacher's."""
+    lines = ["## IEP knowledge (the IEP paper's Fig. 5)", ""]
+    for title, k in knowledge.items():
+        name = safe_name(title)
+        maps = put(f"figures/iep_{name}_knowledge.png", iep_figures.knowledge_maps(k))
+        scatter = put(f"figures/iep_{name}_components.png", iep_figures.component_scatter(k))
+        losses = ", ".join(f"{v:.4f}" for v in k["mpnn_losses"]) or "not recorded"
+        lines += [f"### {title}", "",
+                  f"Sensing points {', '.join(k['points'])}; seed {comparison.config.seeds[0]}; "
+                  f"{len(k['labels'])} test images sorted by class. MPNN loss on the teacher per epoch "
+                  f"(Eq. 13, summed over the pairs): {losses}.", "",
+                  f"![A and K_alt]({maps})", "", f"![compressed components]({scatter})", ""]
+        if k["distances"]:
+            lines += ["How far each student's knowledge is from the teacher's on these images, through the "
+                      "same statistics and MPNN (lower is closer):", "",
+                      "| student | L_int (Eq. 18) | L_alt (Eq. 19) |", "|---|---|---|",
+                      *(f"| {t} | {d['L_int']:.4f} | {d['L_alt']:.4f} |" for t, d in k["distances"].items()), ""]
+    return lines
+
+
 def write_comparison_report(comparison: Comparison, analysis: Optional[Mapping[str, Any]],
-                            out: str | Path, timing: Mapping[str, float]) -> dict[str, Path]:
+                            out: str | Path, timing: Mapping[str, float],
+                            iep: Optional[Mapping[str, Mapping[str, Any]]] = None) -> dict[str, Path]:
     out = Path(out)
     config = comparison.config
     baseline = next(e.title for e in config.methods if e.name == BASELINE)
@@ -84,7 +143,7 @@ def write_comparison_report(comparison: Comparison, analysis: Optional[Mapping[s
 
     t1 = table1(_model_name(config.teacher_model), teacher_error, _model_name(config.model), summary)
     put("table.md", t1)
-    put("results.csv", results_csv(comparison.results))
+    put("results.csv", results_csv(comparison.by_rate))
     seeds = ", ".join(str(s) for s in config.seeds)
     data = config.data
     lines = [
@@ -114,6 +173,12 @@ def write_comparison_report(comparison: Comparison, analysis: Optional[Mapping[s
         "",
     ]
     put("figures/errors.png", figures.error_bars(summary, teacher_error))
+    if comparison.config.sample_rates:
+        lines += _rate_lines(comparison, baseline, put)
+    if iep:
+        lines += _iep_lines(comparison, iep, put)
+        put("iep.json", json.dumps({title: {key: k[key] for key in ("points", "distances", "mpnn_losses")}
+                                    for title, k in iep.items()}, indent=2))
     if comparison.mutual:
         mutual = {title: {net: error_stats(per_seed) for net, per_seed in per_net.items()}
                   for title, per_net in comparison.mutual.items()}
@@ -160,7 +225,8 @@ def write_comparison_report(comparison: Comparison, analysis: Optional[Mapping[s
         atomic_write_json(out / "analysis.json", _jsonable(analysis))
         written["analysis.json"] = out / "analysis.json"
     recorded = comparison.teacher_row.get("seconds", 0.0) + sum(
-        row.get("seconds", 0.0) for per_seed in comparison.results.values() for row in per_seed.values())
+        row.get("seconds", 0.0) for results in comparison.by_rate.values()
+        for per_seed in results.values() for row in per_seed.values())
     lines += ["## Timing", "",
               *(f"- {k.replace('_s', '').replace('_', ' ')}: {v / 60:.1f} min" for k, v in timing.items()),
               f"- training epochs recorded in the checkpoints (teacher and students, without evaluation): "

@@ -8,6 +8,7 @@ Layout of the output directory::
     config.yaml, meta.json          the resolved compare config
     teacher/                        checkpoints of the one teacher (when a method needs it)
     students/<method>/seed<k>/      checkpoints of each method's student
+    students/rate<p>/<method>/seed<k>/  the same per sample rate p (%), with ``sample_rates``
     mutual/<mode>/seed<k>/          checkpoints of each mutually trained pair
     mutual/independent-net2/seed<k>/  net 2 trained alone (Table 4's "Independent")
     results.json                    everything the tables are made from
@@ -24,9 +25,11 @@ from typing import Any, Optional
 import torch
 from torch.utils.data import Dataset
 
-from kdlens.builders import build_datasets, build_network, resolve_device, student_split
+from kdlens.builders import build_datasets, build_network, resolve_device
 from kdlens.compare.config import BASELINE, CompareConfig, MethodEntry, dump_compare_config
+from kdlens.data import fraction_subset
 from kdlens.models import NamedLayerModel
+from kdlens.seeding import derive_seed
 from kdlens.store import RunDirectory, atomic_write_json
 from kdlens.train.joint import train_jointly
 from kdlens.train.mutual import MutualOptions, MutualPair, train_mutually
@@ -39,6 +42,17 @@ STUDENT_ROLE = "student"
 
 def safe_name(title: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", title)
+
+
+def rate_label(rate: float) -> str:
+    """A sample rate as the tables print it: 0.25 -> "25%"."""
+    return f"{rate * 100:g}%"
+
+
+def rate_subset(config: CompareConfig, full_train: Dataset, rate: float) -> Dataset:
+    """The students' share of the training set at ``rate``: the same for every
+    seed and method, and nested (a lower rate's images are among a higher one's)."""
+    return fraction_subset(full_train, rate, derive_seed(config.seeds[0], "fraction"))
 
 
 def _error_row(history: list[dict]) -> dict[str, Any]:
@@ -59,20 +73,29 @@ class Comparison:
     config: CompareConfig
     run: RunDirectory
     datasets: tuple[Dataset, Dataset]
-    train_set: Dataset
+    train_set: Dataset  # the students' training set at the main (first) rate
     num_classes: int
     teacher: Optional[NamedLayerModel]
-    results: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    # rate label -> method title -> seed -> row; ``results`` is the main rate's
+    by_rate: dict[str, dict[str, dict[str, dict[str, Any]]]] = field(default_factory=dict)
     mutual: dict[str, dict[str, dict[str, dict[str, Any]]]] = field(default_factory=dict)
     teacher_row: dict[str, Any] = field(default_factory=dict)
     timing: dict[str, float] = field(default_factory=dict)
 
-    def student_store(self, entry: MethodEntry, seed: int):
-        return self.run.role(f"students/{safe_name(entry.title)}/seed{seed}")
+    @property
+    def results(self) -> dict[str, dict[str, dict[str, Any]]]:
+        return self.by_rate.setdefault(rate_label(self.config.rates[0]), {})
 
-    def load_student(self, entry: MethodEntry, seed: int) -> tuple[NamedLayerModel, dict]:
-        """The final student of a method and its method state (the IE split...)."""
-        store = self.student_store(entry, seed)
+    def student_store(self, entry: MethodEntry, seed: int, rate: Optional[float] = None):
+        where = f"{safe_name(entry.title)}/seed{seed}"
+        if self.config.sample_rates:
+            where = f"rate{(self.config.rates[0] if rate is None else rate) * 100:g}/{where}"
+        return self.run.role(f"students/{where}")
+
+    def load_student(self, entry: MethodEntry, seed: int, rate: Optional[float] = None) -> tuple[NamedLayerModel, dict]:
+        """The final student of a method (at the main rate by default) and its
+        method state (the IE split, IEP's statistics and MPNN...)."""
+        store = self.student_store(entry, seed, rate)
         state = store.load(store.latest())
         model = build_network(self.config.model, self.config.experiment(seed), self.num_classes, init="student")
         model.load_state_dict(state["model"])
@@ -87,7 +110,7 @@ def train_comparison(config: CompareConfig, out: str | Path, *, progress: bool =
     device = resolve_device(config.device)
     began = time.perf_counter()
     datasets = build_datasets(first)  # one data set for every seed
-    train_set = student_split(first, datasets[0])
+    train_set = rate_subset(config, datasets[0], config.rates[0])
     num_classes = len(datasets[0].classes)
 
     teacher, teacher_row = None, {}
@@ -96,27 +119,32 @@ def train_comparison(config: CompareConfig, out: str | Path, *, progress: bool =
         teacher_row = _error_row(run.role("teacher").load(run.role("teacher").latest())["history"])
     comparison = Comparison(config, run, datasets, train_set, num_classes, teacher, teacher_row=teacher_row)
 
-    for seed in config.seeds:
-        experiment = config.experiment(seed)
-        for entry in config.methods:
-            student = build_network(config.model, experiment, num_classes, init="student")
-            method = None
-            if entry.name != BASELINE:
-                method = entry.build(config.layer)
-            if progress:
-                print(f"[compare] {entry.title}, seed {seed}", flush=True)
-            history = train_jointly(
-                student, train_set, datasets[1], comparison.student_store(entry, seed), config.student,
-                seed=seed, role=STUDENT_ROLE, device=device, method=method,
-                teacher=teacher if method is not None else None, progress=progress,
-            )
-            comparison.results.setdefault(entry.title, {})[str(seed)] = _error_row(history)
+    for rate in config.rates:
+        rate_set = rate_subset(config, datasets[0], rate)
+        results = comparison.by_rate.setdefault(rate_label(rate), {})
+        for seed in config.seeds:
+            experiment = config.experiment(seed)
+            for entry in config.methods:
+                student = build_network(config.model, experiment, num_classes, init="student")
+                method = None
+                if entry.name != BASELINE:
+                    method = entry.build(config.layer)
+                if progress:
+                    at = f" at {rate_label(rate)} of the data" if config.sample_rates else ""
+                    print(f"[compare] {entry.title}, seed {seed}{at}", flush=True)
+                history = train_jointly(
+                    student, rate_set, datasets[1], comparison.student_store(entry, seed, rate), config.student,
+                    seed=seed, role=STUDENT_ROLE, device=device, method=method,
+                    teacher=teacher if method is not None else None, progress=progress,
+                )
+                results.setdefault(entry.title, {})[str(seed)] = _error_row(history)
 
     if config.mutual:
         _train_mutual(comparison, device, progress)
     comparison.timing["total_train_s"] = time.perf_counter() - began
     atomic_write_json(out / "results.json", {
         "teacher": comparison.teacher_row, "students": comparison.results, "mutual": comparison.mutual,
+        "by_rate": comparison.by_rate,
     })
     return comparison
 

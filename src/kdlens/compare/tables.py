@@ -1,6 +1,7 @@
 """The comparison's tables: the IE-KD paper's Table 1 (test error per method,
-mean ± std over seeds), Table 4 (mutual learning) and the per-seed numbers,
-as Markdown and CSV, plus the paper's claims checked against them."""
+mean ± std over seeds), Table 4 (mutual learning), the IEP paper's Table 1
+(test accuracy per sample rate and method) and the per-seed numbers, as
+Markdown and CSV, plus the papers' claims checked against them."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import statistics
 from typing import Any, Mapping, Optional
 
 Results = Mapping[str, Mapping[str, Mapping[str, Any]]]  # title -> seed -> row
+RateResults = Mapping[str, Results]  # rate label ("25%") -> Results
 
 
 def error_stats(per_seed: Mapping[str, Mapping[str, Any]], key: str = "test_error") -> dict[str, Any]:
@@ -71,15 +73,60 @@ def table4(net1: str, net2: str, mutual: Mapping[str, Mapping[str, Mapping[str, 
     return _markdown(header, [cells])
 
 
-def results_csv(results: Results) -> str:
+def results_csv(by_rate: RateResults) -> str:
+    """Every run: sample rate, method, seed and its numbers."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["method", "seed", "test_error", "train_error", "test_accuracy", "seconds"])
-    for title, per_seed in results.items():
-        for seed, row in per_seed.items():
-            writer.writerow([title, seed, f"{row['test_error']:.4f}", f"{row['train_error']:.4f}",
-                             f"{row['test_accuracy']:.6f}", f"{row.get('seconds', 0.0):.1f}"])
+    writer.writerow(["rate", "method", "seed", "test_error", "train_error", "test_accuracy", "seconds"])
+    for rate, results in by_rate.items():
+        for title, per_seed in results.items():
+            for seed, row in per_seed.items():
+                writer.writerow([rate, title, seed, f"{row['test_error']:.4f}", f"{row['train_error']:.4f}",
+                                 f"{row['test_accuracy']:.6f}", f"{row.get('seconds', 0.0):.1f}"])
     return buffer.getvalue()
+
+
+def accuracy_stats(per_seed: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Mean ± std of the test accuracy in %, over seeds."""
+    return error_stats({s: {"accuracy": 100.0 - row["test_error"]} for s, row in per_seed.items()}, "accuracy")
+
+
+def rate_table(by_rate: RateResults) -> str:
+    """The IEP paper's Table 1: test accuracy (%) per sample rate (rows) and
+    method (columns), mean ± std over seeds."""
+    titles = list(dict.fromkeys(t for results in by_rate.values() for t in results))
+    rows = [[rate, *(fmt_error(accuracy_stats(results[t])) if t in results else "-" for t in titles)]
+            for rate, results in by_rate.items()]
+    return _markdown(["Rate", *titles], rows)
+
+
+def rate_claims(by_rate: RateResults, method: str, baseline: str) -> list[dict[str, Any]]:
+    """The IEP paper's observations on its Table 1, for ``method``: it beats
+    every other method at every rate, and its gain over the baseline grows as
+    the rate falls (read as: larger at the lowest rate than at the highest;
+    the gains at every rate are listed). ``holds`` is None where a number is
+    missing."""
+    out: list[dict[str, Any]] = []
+    gains: list[tuple[float, Optional[float]]] = []
+    for rate, results in by_rate.items():
+        summary = {t: accuracy_stats(per_seed) for t, per_seed in results.items()}
+        mine = summary.get(method, {}).get("mean")
+        others = {t: s["mean"] for t, s in summary.items() if t != method and s.get("mean") is not None}
+        if mine is None or not others:
+            out.append({"claim": f"{method} is the most accurate at {rate}", "holds": None, "gap": None})
+        else:
+            best = max(others, key=others.get)
+            out.append({"claim": f"{method} is the most accurate at {rate} (best other: {best})",
+                        "holds": mine > others[best], "gap": mine - others[best]})
+        base = summary.get(baseline, {}).get("mean")
+        gains.append((float(rate.rstrip("%")), None if mine is None or base is None else mine - base))
+    known = sorted((r, g) for r, g in gains if g is not None)
+    if len(known) >= 2:
+        growing = known[0][1] > known[-1][1]
+        out.append({"claim": f"{method}'s gain over {baseline} grows as the rate falls",
+                    "holds": growing, "gap": known[0][1] - known[-1][1],
+                    "gains": {f"{r:g}%": g for r, g in known}})
+    return out
 
 
 def claims(summary: Mapping[str, Mapping[str, Any]], baseline: str) -> list[dict[str, Any]]:

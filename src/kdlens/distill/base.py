@@ -7,6 +7,8 @@ the pre-activation of ``conv``) and owns any trainable connector it requires.
 
 Its life in a training run:
 
+0. ``bind(student, teacher)`` resolves what depends on the two architectures
+   (IEP's sensing points) before any feature is computed.
 1. ``setup(student_features, teacher_features)`` builds the modules whose sizes
    depend on the features (connectors, encoders, a channel split). The trainer
    calls it under a fixed seed before every start *and* every resume, so the
@@ -16,7 +18,11 @@ Its life in a training run:
    start; what it learns lives in the state dict, so a resume gets it back
    from the checkpoint.
 3. ``forward`` during training; only ``trainable_parts()`` are optimised with
-   the student (a frozen paraphraser is not among them).
+   the student (a frozen paraphraser is not among them). A method with
+   ``controls_gradients`` instead hands the trainer its ``loss_terms``, whose
+   gradients the trainer rescales against the task gradient (IEP's Eq. 20-21,
+   ``kdlens.distill.iep.gradients``) in ``gradient_control`` mode over
+   ``clip_scope``.
 """
 
 from __future__ import annotations
@@ -43,6 +49,14 @@ class DistillationMethod(nn.Module):
     # True for methods on the network's output (logits) rather than a feature
     # layer: a comparison's feature ``layer`` does not apply to them.
     distils_logits: bool = False
+    # True for methods that tap several sensing points of their own choosing
+    # (IEP) rather than a comparison's one feature ``layer``.
+    sensing_points: bool = False
+    # True when each distillation term's gradient is to be rescaled against the
+    # task gradient's norm before they are summed (see ``loss_terms``).
+    controls_gradients: bool = False
+    gradient_control: str = "clip"
+    clip_scope: str = "parameter"
 
     def forward(
         self,
@@ -51,6 +65,19 @@ class DistillationMethod(nn.Module):
         targets: Optional[Tensor] = None,
     ) -> Tensor:
         raise NotImplementedError
+
+    def loss_terms(
+        self,
+        student: Mapping[str, Tensor],
+        teacher: Mapping[str, Tensor],
+        targets: Optional[Tensor] = None,
+    ) -> dict[str, Tensor]:
+        """The loss as named terms whose gradients are controlled one by one;
+        by default the whole loss as one term."""
+        return {"distillation": self(student, teacher, targets)}
+
+    def bind(self, student: nn.Module, teacher: nn.Module) -> None:
+        """Resolve architecture-dependent choices (``layers``) from the two networks."""
 
     def setup(self, student: Mapping[str, Tensor], teacher: Mapping[str, Tensor]) -> None:
         """Build feature-size-dependent modules from one batch of features."""

@@ -18,6 +18,10 @@ PAPER_LAYERS: tuple[str, ...] = ("conv", "fc1", "fc2", "fc3")
 # ``"conv.pre"`` names the input of the ReLU that ends stage ``conv``: the
 # pre-activation feature some distillation methods (OD) need.
 PRE_ACTIVATION = ".pre"
+# ``"stage3"`` names the output of the model's third resolution stage (its
+# ``stage_ends[2]``, counted from 1): the sensing points of layer-wise methods
+# (IEP), which teacher and student resolve each in its own architecture.
+STAGE_PREFIX = "stage"
 
 
 def _stage_with_pre_activation(module: nn.Module, x: Tensor, where: str) -> tuple[Tensor, Tensor]:
@@ -54,6 +58,22 @@ class NamedLayerModel(nn.Module):
     @property
     def layer_names(self) -> tuple[str, ...]:
         return tuple(self.stages.keys())
+
+    def stage_end(self, alias: str) -> str:
+        """The dotted module name behind a ``"stage<k>"`` alias."""
+        ends = list(getattr(self, "stage_ends", []))
+        index = alias.removeprefix(STAGE_PREFIX)
+        if not (alias.startswith(STAGE_PREFIX) and index.isdigit() and 1 <= int(index) <= len(ends)):
+            raise KeyError(
+                f"{type(self).__name__} has no stage {alias!r}; expected stage1 .. stage{len(ends)}"
+                if ends else f"{type(self).__name__} declares no stage ends; {alias!r} cannot be resolved"
+            )
+        return ends[int(index) - 1]
+
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        """The ``"stage<k>"`` aliases of this model, shallowest first."""
+        return tuple(f"{STAGE_PREFIX}{k}" for k in range(1, len(getattr(self, "stage_ends", [])) + 1))
 
     def check_layer(self, layer: str) -> str:
         if layer not in self.stages:
@@ -98,20 +118,32 @@ class NamedLayerModel(nn.Module):
 
     def _run(self, x: Tensor, layers: Sequence[str], to_end: bool) -> tuple[Tensor, dict[str, Tensor]]:
         wanted = set(layers)
-        for name in wanted:
+        aliases = {name for name in wanted if name.startswith(STAGE_PREFIX) and name not in self.stages}
+        for name in wanted - aliases:
             self.check_layer(name.removesuffix(PRE_ACTIVATION))
         out: dict[str, Tensor] = {}
-        for name, stage in self.stages.items():
-            if len(out) == len(wanted) and not to_end:
-                break
-            pre_name = name + PRE_ACTIVATION
-            if pre_name in wanted:
-                x, out[pre_name] = _stage_with_pre_activation(stage, x, name)
-            else:
-                x = stage(x)
-            if name in wanted:
-                out[name] = x
-        return x, out
+        modules = dict(self.named_modules())
+        handles = []
+        for alias in aliases:
+            def hook(_module: nn.Module, _args, output: Tensor, alias: str = alias) -> None:
+                out[alias] = output
+
+            handles.append(modules[self.stage_end(alias)].register_forward_hook(hook))
+        try:
+            for name, stage in self.stages.items():
+                if len(out) == len(wanted) and not to_end:
+                    break
+                pre_name = name + PRE_ACTIVATION
+                if pre_name in wanted:
+                    x, out[pre_name] = _stage_with_pre_activation(stage, x, name)
+                else:
+                    x = stage(x)
+                if name in wanted:
+                    out[name] = x
+        finally:
+            for handle in handles:
+                handle.remove()
+        return x, {name: out[name] for name in layers}
 
     def stages_up_to(self, layer: str) -> list[nn.Module]:
         """The stages that compute ``layer``, bottom first (``layer`` included)."""

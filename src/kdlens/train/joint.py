@@ -9,6 +9,12 @@ compares with (KD, AT, FT, OD), unlike the knowledge-points paper's two-phase
 feature distillation (``kdlens.train.protocols.train_student``). Without a
 method it is plain training from scratch, the comparison's baseline.
 
+A method that ``controls_gradients`` (IEP) has each of its loss terms'
+gradients on the student's parameters rescaled against the task gradient's
+norm before they are summed (Eq. 20-21 of the IEP paper,
+``kdlens.distill.iep.gradients``); its own connectors, which the task does
+not reach, get the plain sum of the terms' gradients.
+
 The method is set up under a seed derived from ``(seed, role, "method")``
 before every start and resume; its one-off teacher preparation (FT's
 paraphraser, OD's margins) runs on a fresh start only and is checkpointed
@@ -17,15 +23,16 @@ with the student from epoch 0 on.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Mapping, Optional
+from typing import Callable, Iterator, Mapping, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from kdlens.config import OptimConfig
 from kdlens.distill import DistillationMethod
+from kdlens.distill.iep.gradients import combined_gradients
 from kdlens.models import NamedLayerModel
 from kdlens.seeding import derive_seed, seed_everything
 from kdlens.store import CheckpointStore
@@ -57,7 +64,8 @@ def prepare_method(
     method: DistillationMethod, student: NamedLayerModel, teacher: NamedLayerModel, train_set: Dataset,
     device: torch.device, *, seed: int, role: str, fresh: bool,
 ) -> None:
-    """``setup`` from one batch (seeded), then ``fit_teacher`` on a fresh start."""
+    """``bind``, ``setup`` from one batch (seeded), then ``fit_teacher`` on a fresh start."""
+    method.bind(student, teacher)
     probe = torch.stack([train_set[i].image for i in range(min(2, len(train_set)))]).to(device)
     was_training = student.training
     with torch.no_grad():
@@ -111,6 +119,32 @@ def train_jointly(
             p.requires_grad_(True)
 
 
+class LossTerms(NamedTuple):
+    task: Tensor
+    distillation: dict[str, Tensor]
+
+
+def controlled_backward(method: DistillationMethod, student: nn.Module) -> Callable[[LossTerms, list], Tensor]:
+    """The ``Phase.backward`` of a gradient-controlled method: returns the
+    unclipped total loss for the log."""
+    student_ids = {id(p) for p in student.parameters()}
+
+    def backward(terms: LossTerms, params: list[nn.Parameter]) -> Tensor:
+        theta = [p for p in params if id(p) in student_ids]
+        others = [p for p in params if id(p) not in student_ids]
+        losses = list(terms.distillation.values())
+        grads = combined_gradients(terms.task, losses, theta, mode=method.gradient_control, scope=method.clip_scope)
+        for p, g in zip(theta, grads):
+            p.grad = g
+        distillation = sum(losses, torch.zeros((), device=terms.task.device))
+        if others and distillation.requires_grad:
+            for p, g in zip(others, torch.autograd.grad(distillation, others, allow_unused=True)):
+                p.grad = g
+        return (terms.task + distillation).detach()
+
+    return backward
+
+
 def _distil(student, teacher, method, train_set, test_set, store, optim, *, seed, role, device, progress,
             on_epoch_end) -> list[dict]:
     prepare_method(method, student, teacher, train_set, device, seed=seed, role=role, fresh=store.latest() is None)
@@ -123,7 +157,19 @@ def _distil(student, teacher, method, train_set, test_set, store, optim, *, seed
         loss = method(features, target, labels)
         return loss if method.includes_task_loss else loss + F.cross_entropy(logits, labels)
 
-    phase = Phase("distill", optim, [student, *method.trainable_parts()], distill,
-                  trained_layers=student.layer_names)
+    def distill_terms(images: Tensor, labels: Tensor) -> LossTerms:
+        with torch.no_grad():
+            target = teacher.features(images, layers)
+        logits, features = student.forward_with_features(images, layers)
+        return LossTerms(F.cross_entropy(logits, labels), method.loss_terms(features, target, labels))
+
+    if method.controls_gradients:
+        if method.includes_task_loss:
+            raise ValueError(f"{type(method).__name__}: gradient control needs the task loss apart from the terms")
+        phase = Phase("distill", optim, [student, *method.trainable_parts()], distill_terms,
+                      trained_layers=student.layer_names, backward=controlled_backward(method, student))
+    else:
+        phase = Phase("distill", optim, [student, *method.trainable_parts()], distill,
+                      trained_layers=student.layer_names)
     return train_phases(student, [phase], train_set, test_set, store, seed=seed, role=role, device=device,
                         progress=progress, on_epoch_end=on_epoch_end, extra_modules={"method": method})

@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -29,14 +29,19 @@ from kdlens.train.evaluate import evaluate
 from kdlens.train.optim import build_optimizer
 from kdlens.seeding import derive_seed, seed_everything
 
-Objective = Callable[[Tensor, Tensor], Tensor]
+Objective = Callable[[Tensor, Tensor], Any]
+# ``backward(objective_output, params) -> loss``: fills the parameters' .grad
+# and returns the scalar to log; the default is ``output.backward()``.
+Backward = Callable[[Any, list[nn.Parameter]], Tensor]
 
 
 @dataclass
 class Phase:
     """``objective(images, labels) -> loss`` trains ``trainable`` (modules put
     in train mode and optimised); everything else in the model stays frozen, in
-    eval mode, so batch-norm statistics of frozen layers do not move either."""
+    eval mode, so batch-norm statistics of frozen layers do not move either.
+    With ``backward`` the objective may return anything that function turns
+    into gradients (IEP's separately clipped loss terms)."""
 
     name: str
     optim: OptimConfig
@@ -44,6 +49,7 @@ class Phase:
     objective: Objective
     description: str = ""
     trained_layers: Sequence[str] = field(default_factory=tuple)
+    backward: Optional[Backward] = None
 
 
 def _set_trainable(model: nn.Module, phase: Phase) -> list[nn.Parameter]:
@@ -175,9 +181,13 @@ def train_phases(
                              disable=not show, dynamic_ncols=True)
                 for images, labels, _ in inner:
                     images, labels = images.to(device), labels.to(device)
-                    loss = phase.objective(images, labels)
+                    output = phase.objective(images, labels)
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    if phase.backward is None:
+                        loss = output
+                        loss.backward()
+                    else:
+                        loss = phase.backward(output, params)
                     optimizer.step()
                     loss_sum += loss.item()
                     batches += 1
