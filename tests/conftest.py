@@ -1,16 +1,27 @@
 import pytest
 import torch
 
+DEFAULT_THREADS = torch.get_num_threads()
 
-@pytest.fixture(autouse=True)
-def one_thread(request):
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
     """Tiny models on a 2-core machine: a second intra-op thread only spins and
-    fights any other process (a backward pass got ~100x slower). The long
-    end-to-end checks (``slow``) keep torch's default."""
-    if request.node.get_closest_marker("slow"):
-        yield
-        return
-    threads = torch.get_num_threads()
+    fights any other process (a backward pass got ~100x slower). Session-wide,
+    so that module-scoped fixtures (reference runs that a test compares bit
+    for bit with a resumed one) train with the same thread count as the tests:
+    a different count may sum in a different order."""
     torch.set_num_threads(1)
     yield
-    torch.set_num_threads(threads)
+    torch.set_num_threads(DEFAULT_THREADS)
+
+
+@pytest.fixture(autouse=True)
+def all_threads_when_slow(request):
+    """The long end-to-end checks (``slow``) keep torch's default."""
+    if not request.node.get_closest_marker("slow"):
+        yield
+        return
+    torch.set_num_threads(DEFAULT_THREADS)
+    yield
+    torch.set_num_threads(1)

@@ -203,3 +203,23 @@ def test_model_learns(arch):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.1, losses
+
+
+@pytest.mark.parametrize("arch", ["vgg11", "resnet18"])
+def test_stage_aliases_name_the_stage_ends(arch):
+    model = _model(arch).eval()
+    x = torch.randn(B, 3, 32, 32)
+    ends = stage_end_modules(model)
+    assert model.stage_names == tuple(f"stage{k}" for k in range(1, len(ends) + 1))
+    with torch.no_grad():
+        expected = capture(model, x, ends)
+        got = model.features(x, ["stage2", "conv", f"stage{len(ends)}"])
+        logits, both = model.forward_with_features(x, ["stage1", "fc1"])
+    assert list(got) == ["stage2", "conv", f"stage{len(ends)}"]
+    assert torch.equal(got["stage2"], expected[ends[1]])
+    assert torch.equal(got[f"stage{len(ends)}"], expected[ends[-1]])
+    assert torch.equal(both["stage1"], expected[ends[0]])
+    assert torch.equal(logits, model(x))
+    assert all(not m._forward_hooks for m in model.modules())
+    with pytest.raises(KeyError, match=rf"no stage 'stage{len(ends) + 1}'; expected stage1 \.\. stage{len(ends)}"):
+        model.features(x, [f"stage{len(ends) + 1}"])

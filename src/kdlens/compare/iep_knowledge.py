@@ -27,6 +27,7 @@ import torch
 from kdlens.builders import resolve_device
 from kdlens.compare.config import MethodEntry
 from kdlens.compare.runner import STUDENT_ROLE, Comparison
+from kdlens.distill.iep.black_box import alteration_summary
 from kdlens.distill.iep.mpnn import alteration_loss, interim_loss
 from kdlens.distill.iep.spca import affinity
 from kdlens.train.joint import prepare_method
@@ -49,7 +50,7 @@ def _side(components: list[torch.Tensor], outputs: list) -> dict[str, list[torch
     return {
         "C": [c.detach().cpu() for c in components],
         "A": [affinity(c).detach().cpu() for c in components],
-        "K_alt": [o.messages.mean(-1).sum(-1).detach().cpu() for o in outputs],
+        "K_alt": [alteration_summary(o.messages).detach().cpu() for o in outputs],
     }
 
 
