@@ -111,3 +111,8 @@ def test_method_options_are_checked_when_loaded(tmp_path):
     assert "student.method_options" in message and "'max'" in message and "'mean' or 'sum'" in message
     message = error_of(tmp_path, {"student": {"method_options": {"temperature": 4}}})
     assert "student.method_options" in message and "temperature" in message
+
+
+def test_iep_is_refused_by_the_two_phase_protocol(tmp_path):
+    message = error_of(tmp_path, {"student": {"method": "iep"}})
+    assert "student.method" in message and "kdlens compare" in message

@@ -134,6 +134,12 @@ class StudentConfig(Strict):
     def _method(cls, method: str) -> str:
         if method not in METHODS:
             raise ValueError(f"unknown distillation method; expected one of {', '.join(METHODS.names())}")
+        if METHODS.get(method).sensing_points:
+            raise ValueError(
+                f"{method} taps several sensing points and trains with the task loss, which the two-phase "
+                "student protocol of `kdlens train` does not; run it with `kdlens compare` "
+                "(e.g. configs/compare-iep-synthetic.yaml)"
+            )
         return method
 
     @model_validator(mode="after")

@@ -94,3 +94,5 @@ def test_rate_claims():
     # gains: 91.5 - 89 = 2.5 at 100 %, 73.5 - 68 = 5.5 at 25 %
     assert growing["holds"] is True and growing["gains"] == {"25%": pytest.approx(5.5), "100%": pytest.approx(2.5)}
     assert rate_claims({"100%": {"Student": BY_RATE["100%"]["Student"]}}, "IEP", "Student")[0]["holds"] is None
+    rivals_only = rate_claims(BY_RATE, "IEP", "Student", rivals=["Student"])
+    assert rivals_only[1]["claim"] == "IEP is the most accurate at 25% (best other: Student)" and rivals_only[1]["holds"]

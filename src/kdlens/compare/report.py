@@ -86,20 +86,24 @@ def _rate_lines(comparison: Comparison, baseline: str, put) -> list[str]:
              "The teacher trained on all the training images; each student on the given share of them "
              "(the same images for every method and seed; a lower rate's images are among a higher one's).", "",
              rate_table(by_rate), "Mean ± sample standard deviation over the seeds.", "",
-             "![accuracy per sample rate](figures/rates.png)", ""]
+             "![accuracy per sample rate](figures/rates.png)", "",
+             "The IEP paper's claims, each IEP entry against the methods that are not IEP:", ""]
+    rivals = [e.title for e in comparison.config.methods if e.name != "iep"]
     for entry in comparison.config.methods:
         if entry.name != "iep":
             continue
-        for check in rate_claims(by_rate, entry.title, baseline):
+        for check in rate_claims(by_rate, entry.title, baseline, rivals):
             if check["holds"] is None:
                 lines.append(f"- {check['claim']}: not measured")
                 continue
             word = "**yes**" if check["holds"] else "**no**"
             if "gains" in check:
                 gains = ", ".join(f"{g:+.2f} at {r}" for r, g in check["gains"].items())
-                lines.append(f"- {check['claim']}: {word} (accuracy points over {baseline}: {gains})")
+                lines.append(f"- {check['claim']}: {word} (accuracy points over {baseline}: {gains}; "
+                             "compare the difference with the seed-to-seed spread in the table)")
             else:
-                lines.append(f"- {check['claim']}: {word}, {check['gap']:+.2f} accuracy points")
+                noise = " (within the seed-to-seed spread)" if check["within_noise"] else ""
+                lines.append(f"- {check['claim']}: {word}, {check['gap']:+.2f} accuracy points{noise}")
     lines.append("")
     return lines
 
@@ -194,7 +198,7 @@ def write_comparison_report(comparison: Comparison, analysis: Optional[Mapping[s
                                  f"({'better' if a < b else 'not better'})")
         lines.append("")
     if analysis:
-        lines += ["## How does IE-KD work here? (sec. 4.7)", "",
+        lines += ["## The students under the IE-KD paper's analysis tools (sec. 4.7)", "",
                   f"Seed {analysis['seed']}, {analysis['samples']} training images, layer `{analysis['layer']}`.", ""]
         if analysis.get("relevance"):
             put("figures/relevance.png", figures.relevance_grid(analysis["relevance"]))
