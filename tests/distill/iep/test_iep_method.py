@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from kdlens.distill.base import METHODS
 from kdlens.distill.iep.black_box import MultiHeadGraph, black_box_loss
 from kdlens.distill.iep.gradients import combined_gradients
+from kdlens.distill.iep.sensing import SensingPoint
 from kdlens.models import build_model
 from kdlens.train.joint import LossTerms, controlled_backward
 
@@ -187,3 +188,14 @@ def test_loss_terms_are_equivariant_in_the_batch():
     for key in a:
         assert torch.allclose(a[key], b[key], rtol=1e-4, atol=1e-6), key
     assert list(itertools.islice(a, 2)) == ["int", "alt"]
+
+
+@pytest.mark.parametrize("student_channels", [6, 4])
+def test_the_student_path_has_the_gradient_of_finite_differences(student_channels):
+    # Eq. 16-17 (through the connector when the widths differ) against finite differences, in float64.
+    torch.manual_seed(0)
+    point = SensingPoint((6, 3, 3), (student_channels, 3, 3)).double()
+    point.teacher(torch.randn(16, 6, 3, 3, dtype=torch.float64).relu(), update=True)  # fit the IPCA
+    sense = point.teacher(torch.randn(4, 6, 3, 3, dtype=torch.float64).relu(), update=False)
+    feature = torch.randn(4, student_channels, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda f: point.student(f, sense), (feature,))

@@ -32,8 +32,9 @@ Options, with the paper's ablations:
 - ``mpnn_epochs``, ``mpnn_lr``: the training of the MPNN (and of the MHGD
   graphs) on the teacher, before the student's; passes over the training
   set with Adam. The authors' code trains it for 20 epochs by SGD from lr
-  0.1; we default to 5 epochs of Adam at 1e-3, which reaches a flat loss on
-  our data in a fraction of the time. The IPCA statistics are updated only
+  0.1; we default to 5 epochs of Adam at 1e-3, a fraction of the time (on
+  compare-iep-synthetic the loss falls from 0.23 to 0.12 in them, by 5 % in
+  the last). The IPCA statistics are updated only
   then (as the authors' code does, which freezes the module's statistics
   during the student's training), so the knowledge the MPNN was trained on
   and the targets the student sees come from the same statistics.
