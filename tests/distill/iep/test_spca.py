@@ -20,8 +20,8 @@ from kdlens.distill.iep.spca import (
     sphere_center,
     stereographic,
     student_principal_vectors,
+    top_eigenpair,
 )
-
 
 
 def _randn(*shape, seed=0, dtype=torch.float64):
@@ -47,6 +47,51 @@ def _svd_reference(features):
 
 
 # -- first PCA (Eq. 1-3) -----------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("dim", [3, 16, 64])
+def test_top_eigenpair_matches_eigh(dim, dtype):
+    data = _randn(8, 2 * dim, dim, seed=dim, dtype=dtype)
+    data[:4] = data[:4].relu()  # uncentred ReLU-like data: a dominant top pair
+    gram = data.mT @ data
+    values, vectors = torch.linalg.eigh(gram.double())
+    value, vector = top_eigenpair(gram)
+    tolerance = 1e-10 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(value.double(), values[:, -1], rtol=tolerance, atol=0)
+    cosine = (vector.double() * vectors[:, :, -1]).sum(-1).abs()
+    torch.testing.assert_close(cosine, torch.ones_like(cosine), rtol=0, atol=tolerance)
+
+
+def test_top_eigenpair_gradient_matches_eigh_where_it_is_defined():
+    data = _randn(3, 9, 5, seed=30)
+    gram = data.mT @ data
+    weights = _randn(5, seed=31)
+
+    def objective(pair_of):
+        value, vector = pair_of(gram)
+        vector = vector * torch.sign(vector[:, :1])  # eigh's sign is arbitrary
+        return (value.sum() + (vector @ weights).sum())
+
+    mine = gram.clone().requires_grad_()
+    objective(lambda g: top_eigenpair(mine)).backward()
+    reference = gram.clone().requires_grad_()
+    objective(lambda g: tuple(t[..., -1] for t in torch.linalg.eigh(reference))).backward()
+    # eigh's gradient is not symmetrised: compare the symmetric parts
+    torch.testing.assert_close(mine.grad, 0.5 * (reference.grad + reference.grad.mT))
+    # symmetric perturbations only (an entry alone would break the symmetry)
+    assert torch.autograd.gradcheck(lambda a: top_eigenpair(a.mT @ a), (data.clone().requires_grad_(),))
+
+
+def test_top_eigenpair_of_a_repeated_top_eigenvalue_and_of_zero():
+    basis = torch.linalg.qr(_randn(4, 4, seed=32))[0]
+    gram = basis @ torch.diag(torch.tensor([2.0, 2.0, 1.0, 0.5], dtype=torch.float64)) @ basis.mT
+    value, vector = top_eigenpair(gram[None])
+    torch.testing.assert_close(value, torch.tensor([2.0], dtype=torch.float64))
+    in_top_space = basis[:, :2].mT @ vector[0]
+    torch.testing.assert_close(in_top_space.norm(), torch.tensor(1.0, dtype=torch.float64))
+    value, vector = top_eigenpair(torch.zeros(1, 3, 3))
+    assert value.item() == 0.0 and torch.isfinite(vector).all()
 
 
 @pytest.mark.parametrize("shape", [(3, 4, 3, 3), (3, 6, 2, 2), (2, 5, 1, 3)], ids=["hw>d", "hw<d", "hw<d-1row"])

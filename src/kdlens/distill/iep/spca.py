@@ -57,50 +57,92 @@ def principal_sign(vectors: Tensor, dim: int = -1) -> Tensor:
     return torch.where(total < 0, -1.0, 1.0).to(vectors.dtype)
 
 
-class _TopEigenpair(torch.autograd.Function):
-    """Largest eigenvalue and its eigenvector of a batch of symmetric matrices.
+def _top_eigenvector(gram: Tensor, max_squarings: int = 24) -> Tensor:
+    """The eigenvector of the largest eigenvalue of symmetric positive
+    semi-definite (..., D, D) matrices, by repeated squaring.
 
-    Forward: ``torch.linalg.eigh`` (exact, batched). Backward: first-order
-    perturbation of the top pair only (Magnus 1985),
+    M <- (M / tr M)^2 is G^(2^k) up to scale after k squarings: each
+    eigenvalue's share of the trace goes as (λ_j / λ_0)^(2^k), so M tends to
+    v_0 v_0ᵀ doubly exponentially fast. tr(M^2) with tr M = 1 is 1 when M has
+    rank one; we square until 1 - tr(M^2) <= sqrt(eps) for every matrix, then
+    once more (the discarded share is then below eps), take M's column of
+    largest diagonal entry (|v_i| largest) and polish it with two products by
+    G. On the uncentred Gram matrices of feature maps (λ_1/λ_0 below 0.2 on
+    ReLU maps) that is four or five squarings: a few batched matrix products
+    instead of a full decomposition. A matrix whose top eigenvalue is repeated
+    never reaches rank one: after ``max_squarings`` (G^(2^24)) it returns a
+    unit vector of the top eigenspace, which is as good as any there. An
+    all-zero matrix gives the zero vector.
+    """
+    info = torch.finfo(gram.dtype)
+    trace = gram.diagonal(dim1=-2, dim2=-1).sum(-1)
+    empty = trace <= info.tiny
+    m = gram / trace.clamp_min(info.tiny)[..., None, None]
+    for _ in range(max_squarings):
+        m = m @ m
+        share = m.diagonal(dim1=-2, dim2=-1).sum(-1)  # tr(M^2) of the M before
+        m = m / share.clamp_min(info.tiny)[..., None, None]
+        if bool(((1 - share <= info.eps**0.5) | empty).all()):
+            m = m @ m
+            break
+    largest = m.diagonal(dim1=-2, dim2=-1).argmax(-1)
+    v = torch.take_along_dim(m, largest[..., None, None], dim=-1)[..., 0]
+    for _ in range(2):
+        v = F.normalize(v, dim=-1, eps=info.tiny)
+        v = (gram @ v[..., None])[..., 0]
+    return F.normalize(v, dim=-1, eps=info.tiny)
+
+
+class _TopEigenpair(torch.autograd.Function):
+    """Largest eigenvalue and its eigenvector of a batch of symmetric positive
+    semi-definite matrices (Gram matrices).
+
+    Forward: ``_top_eigenvector`` (repeated squaring) and the Rayleigh
+    quotient. Backward: first-order perturbation of the top pair only (Magnus
+    1985),
 
         dλ_0 = v_0ᵀ dG v_0,    dv_0 = Σ_{j>0} v_j v_jᵀ dG v_0 / (λ_0 - λ_j),
 
     so the gradient involves only the gaps λ_0 - λ_j to the top eigenvalue,
-    never the gaps λ_i - λ_j between the others. Gaps are floored at
-    eps(dtype) * λ_0 (and a tiny absolute value): only to keep a truly
-    degenerate top pair, whose eigenvector is undefined, finite.
+    never the gaps λ_i - λ_j between the others. The sum is one linear solve,
+    x = (λ_0 I - G + λ_0 v_0 v_0ᵀ + δI)^{-1} (I - v_0 v_0ᵀ) g: the matrix has
+    the eigenvalues λ_0 - λ_j + δ off v_0 and λ_0 + δ on it, so no other
+    eigenvector is needed. The shift δ = eps(dtype) * λ_0 (and a tiny absolute
+    value) only keeps a truly degenerate top pair, whose eigenvector is
+    undefined, finite.
     """
 
     @staticmethod
     def forward(ctx, gram: Tensor) -> tuple[Tensor, Tensor]:
-        values, vectors = torch.linalg.eigh(gram)
-        ctx.save_for_backward(values, vectors)
-        return values[..., -1], vectors[..., -1]
+        vector = _top_eigenvector(gram)
+        value = (vector * (gram @ vector[..., None])[..., 0]).sum(-1)
+        ctx.save_for_backward(gram, value, vector)
+        return value, vector
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_value: Optional[Tensor], grad_vector: Optional[Tensor]) -> Tensor:
-        values, vectors = ctx.saved_tensors
-        top = vectors[..., -1]
-        grad = torch.zeros_like(vectors)
+        gram, value, top = ctx.saved_tensors
+        outer_top = top[..., :, None] * top[..., None, :]
+        grad = torch.zeros_like(gram)
         if grad_value is not None:
-            grad = grad + grad_value[..., None, None] * (top[..., :, None] * top[..., None, :])
+            grad = grad + grad_value[..., None, None] * outer_top
         if grad_vector is not None:
-            info = torch.finfo(values.dtype)
-            top_value = values[..., -1:]
-            floor = (info.eps * top_value.abs()).clamp_min(info.tiny**0.5)
-            gaps = torch.maximum(top_value - values, floor)
-            coefficients = (vectors.mT @ grad_vector[..., None])[..., 0] / gaps
-            coefficients[..., -1] = 0
-            w = (vectors @ coefficients[..., None])[..., 0]
+            info = torch.finfo(gram.dtype)
+            shift = (info.eps * value.abs()).clamp_min(info.tiny**0.5)
+            eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+            system = (value + shift)[..., None, None] * eye - gram + value[..., None, None] * outer_top
+            residual = grad_vector - top * (top * grad_vector).sum(-1, keepdim=True)
+            w = torch.linalg.solve(system, residual)
             outer = w[..., :, None] * top[..., None, :]
             grad = grad + 0.5 * (outer + outer.mT)
         return grad
 
 
 def top_eigenpair(gram: Tensor) -> tuple[Tensor, Tensor]:
-    """(λ_0, v_0) of symmetric (..., D, D) matrices, differentiable through a
-    backward that depends only on the gaps to the top eigenvalue."""
+    """(λ_0, v_0) of symmetric positive semi-definite (..., D, D) matrices,
+    differentiable through a backward that depends only on the gaps to the top
+    eigenvalue."""
     return _TopEigenpair.apply(gram)
 
 
@@ -124,10 +166,10 @@ def first_principal_components(features: Tensor) -> FirstPC:
     below min(HW, D)) although the first PC is then perfectly defined;
     ``eigh``'s built-in gradient has the same fault. ``top_eigenpair``'s
     backward needs only the gaps to the top eigenvalue, the conditioning of
-    the first PC itself. Power iteration would give the same gradient by
-    implicit differentiation but converges like (σ_1/σ_0)^(2k), slowly exactly
-    where the gap is small; ``eigh`` of a Gram matrix of at most
-    min(HW, D)² entries is exact and cheap. Half precision is computed in
+    the first PC itself. The forward squares the Gram matrix of at most
+    min(HW, D)² entries a few times rather than decomposing it: a full
+    ``eigh`` of a batch of 64 x 64 matrices is most of the teacher's SPCA
+    cost (``benchmarks/iep_step.py``). Half precision is computed in
     float32. An all-zero map has no first PC: its p is some unit or zero
     vector, its u zero, and its gradients stay finite.
     """
