@@ -122,13 +122,12 @@ class NamedLayerModel(nn.Module):
         for name in wanted - aliases:
             self.check_layer(name.removesuffix(PRE_ACTIVATION))
         out: dict[str, Tensor] = {}
-        modules = dict(self.named_modules())
         handles = []
         for alias in aliases:
             def hook(_module: nn.Module, _args, output: Tensor, alias: str = alias) -> None:
                 out[alias] = output
 
-            handles.append(modules[self.stage_end(alias)].register_forward_hook(hook))
+            handles.append(self.get_submodule(self.stage_end(alias)).register_forward_hook(hook))
         try:
             for name, stage in self.stages.items():
                 if len(out) == len(wanted) and not to_end:
