@@ -5,6 +5,8 @@ both build from here, so they always agree on what a run's models and data are.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch.utils.data import Dataset
 
@@ -39,9 +41,13 @@ def build_datasets(config: ExperimentConfig) -> tuple[Dataset, Dataset]:
     return tuple(DATASETS.build(data.name, split=s, **common) for s in ("train", "test"))
 
 
-def student_split(config: ExperimentConfig, full_train: Dataset) -> Dataset:
-    """The fraction of the training set that the student and the baseline share."""
-    return fraction_subset(full_train, config.data.student_fraction, derive_seed(config.seed, "fraction"))
+def student_split(config: ExperimentConfig, full_train: Dataset, fraction: Optional[float] = None) -> Dataset:
+    """The fraction of the training set that the student and the baseline
+    share: ``data.student_fraction``, or ``fraction`` (a comparison's sample
+    rate). The draw depends on the seed only, so a lower fraction's images are
+    among a higher one's."""
+    share = config.data.student_fraction if fraction is None else fraction
+    return fraction_subset(full_train, share, derive_seed(config.seed, "fraction"))
 
 
 def build_network(model: ModelConfig, config: ExperimentConfig, num_classes: int, init: str) -> NamedLayerModel:

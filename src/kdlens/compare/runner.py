@@ -25,11 +25,9 @@ from typing import Any, Optional
 import torch
 from torch.utils.data import Dataset
 
-from kdlens.builders import build_datasets, build_network, resolve_device
+from kdlens.builders import build_datasets, build_network, resolve_device, student_split
 from kdlens.compare.config import BASELINE, CompareConfig, MethodEntry, dump_compare_config
-from kdlens.data import fraction_subset
 from kdlens.models import NamedLayerModel
-from kdlens.seeding import derive_seed
 from kdlens.store import RunDirectory, atomic_write_json
 from kdlens.train.joint import train_jointly
 from kdlens.train.mutual import MutualOptions, MutualPair, train_mutually
@@ -47,12 +45,6 @@ def safe_name(title: str) -> str:
 def rate_label(rate: float) -> str:
     """A sample rate as the tables print it: 0.25 -> "25%"."""
     return f"{rate * 100:g}%"
-
-
-def rate_subset(config: CompareConfig, full_train: Dataset, rate: float) -> Dataset:
-    """The students' share of the training set at ``rate``: the same for every
-    seed and method, and nested (a lower rate's images are among a higher one's)."""
-    return fraction_subset(full_train, rate, derive_seed(config.seeds[0], "fraction"))
 
 
 def _error_row(history: list[dict]) -> dict[str, Any]:
@@ -110,7 +102,9 @@ def train_comparison(config: CompareConfig, out: str | Path, *, progress: bool =
     device = resolve_device(config.device)
     began = time.perf_counter()
     datasets = build_datasets(first)  # one data set for every seed
-    train_set = rate_subset(config, datasets[0], config.rates[0])
+    # the students' share at each rate: the first seed's draw for every seed and method
+    rate_sets = {rate: student_split(first, datasets[0], rate) for rate in config.rates}
+    train_set = rate_sets[config.rates[0]]
     num_classes = len(datasets[0].classes)
 
     teacher, teacher_row = None, {}
@@ -120,7 +114,7 @@ def train_comparison(config: CompareConfig, out: str | Path, *, progress: bool =
     comparison = Comparison(config, run, datasets, train_set, num_classes, teacher, teacher_row=teacher_row)
 
     for rate in config.rates:
-        rate_set = rate_subset(config, datasets[0], rate)
+        rate_set = rate_sets[rate]
         results = comparison.by_rate.setdefault(rate_label(rate), {})
         for seed in config.seeds:
             experiment = config.experiment(seed)
