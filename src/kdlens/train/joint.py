@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from kdlens.config import OptimConfig
 from kdlens.distill import DistillationMethod
-from kdlens.distill.iep.gradients import combined_gradients
+from kdlens.distill.iep.gradients import combine_gradients, loss_gradients
 from kdlens.models import NamedLayerModel
 from kdlens.seeding import derive_seed, seed_everything
 from kdlens.store import CheckpointStore
@@ -133,14 +133,16 @@ def controlled_backward(method: DistillationMethod, student: nn.Module) -> Calla
         theta = [p for p in params if id(p) in student_ids]
         others = [p for p in params if id(p) not in student_ids]
         losses = list(terms.distillation.values())
-        grads = combined_gradients(terms.task, losses, theta, mode=method.gradient_control, scope=method.clip_scope)
+        # one backward pass per term, over the student and the connectors at once
+        per_term = [loss_gradients(loss, theta + others) for loss in losses]
+        grads = combine_gradients(loss_gradients(terms.task, theta), [g[: len(theta)] for g in per_term],
+                                  mode=method.gradient_control, scope=method.clip_scope)
         for p, g in zip(theta, grads):
             p.grad = g
-        distillation = sum(losses, torch.zeros((), device=terms.task.device))
-        if others and distillation.requires_grad:
-            for p, g in zip(others, torch.autograd.grad(distillation, others, allow_unused=True)):
-                p.grad = g
-        return (terms.task + distillation).detach()
+        for i, p in enumerate(others, start=len(theta)):
+            present = [g[i] for g in per_term if g[i] is not None]
+            p.grad = sum(present[1:], present[0]) if present else None
+        return (terms.task + sum(losses, torch.zeros((), device=terms.task.device))).detach()
 
     return backward
 

@@ -199,3 +199,25 @@ def test_the_student_path_has_the_gradient_of_finite_differences(student_channel
     sense = point.teacher(torch.randn(4, 6, 3, 3, dtype=torch.float64).relu(), update=False)
     feature = torch.randn(4, student_channels, 3, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda f: point.student(f, sense), (feature,))
+
+
+def test_controlled_backward_gives_the_connectors_the_plain_sum_of_the_terms_gradients():
+    student, teacher = _net(width=0.0625), _net(width=0.125, seed=1)
+    method = _prepared(student, teacher, epochs=1)
+    connectors = [p for part in method.trainable_parts() for p in part.parameters()]
+    params = list(student.parameters()) + connectors
+    images, labels = _images(seed=8), torch.arange(N) % 3
+
+    def terms():
+        logits, features = student.forward_with_features(images, method.layers)
+        return LossTerms(F.cross_entropy(logits, labels),
+                         method.loss_terms(features, teacher.features(images, method.layers)))
+
+    expected = torch.autograd.grad(sum(terms().distillation.values()), connectors)
+    controlled_backward(method, student)(terms(), params)
+    for p, e in zip(connectors, expected):
+        torch.testing.assert_close(p.grad, e)
+    theta = list(student.parameters())
+    clipped = combined_gradients(terms().task, list(terms().distillation.values()), theta)
+    for p, e in zip(theta, clipped):
+        torch.testing.assert_close(p.grad, e)

@@ -117,10 +117,13 @@ def combined_gradients(
     ``for p, g in zip(params, grads): p.grad = g`` before the optimiser step;
     the MPNN's parameters belong out of ``params`` (see ``mpnn``)."""
     params = list(params)
+    return combine_gradients(loss_gradients(task_loss, params), [loss_gradients(loss, params) for loss in distill_losses],
+                             mode=mode, scope=scope)
 
-    def grads(loss: Tensor) -> list[Optional[Tensor]]:
-        if not loss.requires_grad:
-            return [None] * len(params)
-        return list(torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True))
 
-    return combine_gradients(grads(task_loss), [grads(loss) for loss in distill_losses], mode=mode, scope=scope)
+def loss_gradients(loss: Tensor, params: Sequence[Tensor]) -> list[Optional[Tensor]]:
+    """The gradient of ``loss`` with respect to each of ``params`` (``None``
+    where it does not reach one), the graph retained for the next loss."""
+    if not loss.requires_grad:
+        return [None] * len(params)
+    return list(torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True))
