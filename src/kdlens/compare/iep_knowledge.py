@@ -28,7 +28,6 @@ from kdlens.builders import resolve_device
 from kdlens.compare.config import MethodEntry
 from kdlens.compare.runner import STUDENT_ROLE, Comparison
 from kdlens.distill.iep.black_box import alteration_summary
-from kdlens.distill.iep.mpnn import alteration_loss, interim_loss
 from kdlens.distill.iep.spca import affinity
 from kdlens.train.joint import prepare_method
 
@@ -87,10 +86,8 @@ def iep_knowledge(comparison: Comparison, entry: MethodEntry, *, per_class: int 
         else:
             model = comparison.load_student(other, seed)[0].to(device)
         _, outputs = method.student_knowledge(model.features(images, method.layers), senses)
-        distances[other.title] = {
-            "L_int": float(sum(interim_loss(s.affinity, t.affinity) for s, t in zip(outputs, teacher_out))),
-            "L_alt": float(sum(alteration_loss(s.messages, t.messages) for s, t in zip(outputs, teacher_out))),
-        }
+        losses = method.knowledge_losses(outputs, teacher_out)
+        distances[other.title] = {"L_int": float(losses["int"]), "L_alt": float(losses["alt"])}
     return {
         "points": list(method.layers),
         "labels": labels.tolist(),

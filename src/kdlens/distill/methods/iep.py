@@ -263,11 +263,7 @@ class EmbeddingProcedureTransfer(DistillationMethod):
         each summed over the pairs."""
         senses, teacher_out = self.teacher_knowledge(teacher)
         components, student_out = self.student_knowledge(student, senses)
-        terms: dict[str, Tensor] = {}
-        if "int" in self.knowledge:
-            terms["int"] = sum(interim_loss(s.affinity, t.affinity) for s, t in zip(student_out, teacher_out))
-        if "alt" in self.knowledge:
-            terms["alt"] = sum(alteration_loss(s.messages, t.messages) for s, t in zip(student_out, teacher_out))
+        terms = self.knowledge_losses(student_out, teacher_out, [k for k in IEP_KNOWLEDGE if k in self.knowledge])
         if "bb" in self.knowledge:
             terms["bb"] = sum(
                 black_box_loss(graph.logits(components[l], components[l + 1]),
@@ -275,6 +271,16 @@ class EmbeddingProcedureTransfer(DistillationMethod):
                 for l, graph in enumerate(self.graphs)
             )
         return terms
+
+    @staticmethod
+    def knowledge_losses(
+        student_out: Sequence[MPNNOutput], teacher_out: Sequence[MPNNOutput], which: Sequence[str] = IEP_KNOWLEDGE
+    ) -> dict[str, Tensor]:
+        """L^int (Eq. 18) and L^alt (Eq. 19), as named in ``which``, each
+        summed over the pairs of adjacent points."""
+        losses = {"int": lambda s, t: interim_loss(s.affinity, t.affinity),
+                  "alt": lambda s, t: alteration_loss(s.messages, t.messages)}
+        return {k: sum(losses[k](s, t) for s, t in zip(student_out, teacher_out)) for k in which}
 
     @property
     def controls_gradients(self) -> bool:
