@@ -16,6 +16,7 @@ from typing import Any, Mapping
 import numpy as np
 from matplotlib.figure import Figure
 
+from kdlens.compare.tables import accuracy_stats, rate_percent
 from kdlens.report.figures import _png
 
 
@@ -124,14 +125,12 @@ def sharpness_lines(curves: Mapping[str, list[Mapping[str, float]]]) -> bytes:
 def rate_lines(by_rate: Mapping[str, Mapping[str, Mapping[str, Any]]], teacher_error: float | None) -> bytes:
     """Test accuracy (mean ± std over seeds) of each method against the
     students' sample rate, on a log axis."""
-    from kdlens.compare.tables import accuracy_stats
-
-    rates = sorted(by_rate, key=lambda r: float(r.rstrip("%")))
+    rates = sorted(by_rate, key=rate_percent)
     titles = list(dict.fromkeys(t for results in by_rate.values() for t in results))
     fig = Figure(figsize=(5.2, 3.6))
     ax = fig.add_subplot()
     for i, title in enumerate(titles):
-        points = [(float(r.rstrip("%")), accuracy_stats(by_rate[r][title])) for r in rates if title in by_rate[r]]
+        points = [(rate_percent(r), accuracy_stats(by_rate[r][title])) for r in rates if title in by_rate[r]]
         points = [(x, s) for x, s in points if s["mean"] is not None]
         if not points:
             continue
@@ -141,7 +140,7 @@ def rate_lines(by_rate: Mapping[str, Mapping[str, Mapping[str, Any]]], teacher_e
     if teacher_error is not None:
         ax.axhline(100.0 - teacher_error, color="tab:green", linestyle=":", label="teacher (all data)")
     ax.set_xscale("log")
-    ticks = [float(r.rstrip("%")) for r in rates]
+    ticks = [rate_percent(r) for r in rates]
     ax.set_xticks(ticks, [f"{t:g}%" for t in ticks])
     ax.minorticks_off()
     ax.set_xlabel("the students' share of the training set")

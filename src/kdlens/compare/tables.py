@@ -14,6 +14,11 @@ Results = Mapping[str, Mapping[str, Mapping[str, Any]]]  # title -> seed -> row
 RateResults = Mapping[str, Results]  # rate label ("25%") -> Results
 
 
+def rate_percent(label: str) -> float:
+    """A sample-rate label as a number: "25%" -> 25.0."""
+    return float(label.rstrip("%"))
+
+
 def error_stats(per_seed: Mapping[str, Mapping[str, Any]], key: str = "test_error") -> dict[str, Any]:
     """Mean and sample standard deviation (n - 1) over seeds; std is None for one seed."""
     values = [row[key] for row in per_seed.values() if row.get(key) is not None]
@@ -125,7 +130,7 @@ def rate_claims(
             out.append({"claim": f"{method} is the most accurate at {rate} (best other: {best})",
                         "holds": gap > 0, "gap": gap, "within_noise": abs(gap) <= noise})
         base = summary.get(baseline, {}).get("mean")
-        gains.append((float(rate.rstrip("%")), None if mine is None or base is None else mine - base))
+        gains.append((rate_percent(rate), None if mine is None or base is None else mine - base))
     known = sorted((r, g) for r, g in gains if g is not None)
     if len(known) >= 2:
         growing = known[0][1] > known[-1][1]
