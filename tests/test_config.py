@@ -116,3 +116,26 @@ def test_method_options_are_checked_when_loaded(tmp_path):
 def test_iep_is_refused_by_the_two_phase_protocol(tmp_path):
     message = error_of(tmp_path, {"student": {"method": "iep"}})
     assert "student.method" in message and "kdlens compare" in message
+
+
+def test_synthetic_object_size_and_cue(tmp_path):
+    config = parse_config({})
+    assert config.data.object_size == (0.7, 0.95) and config.data.cue == "object" and config.data.distractors == 0
+    config = parse_config({"data": {"object_size": [0.5, 0.6], "cue": "background"}})
+    assert config.data.object_size == (0.5, 0.6) and config.data.cue == "background"
+    assert load_config(write(tmp_path, yaml.safe_load(dump_config(config)))) == config
+    message = error_of(tmp_path, {"data": {"object_size": [0.9, 0.5]}})
+    assert "data.object_size" in message and "[0.9, 0.5]" in message and "0 < low <= high <= 1" in message
+    message = error_of(tmp_path, {"data": {"cue": "texture"}})
+    assert "data.cue" in message and "'texture'" in message and "'background'" in message
+    message = error_of(tmp_path, {"data": {"cue": "background", "spurious_strength": 0.5}})
+    assert "data.spurious_strength = 0.5" in message and "data.cue = 'background'" in message
+
+
+def test_build_datasets_passes_object_size_and_cue_through():
+    from kdlens.builders import build_datasets
+
+    config = parse_config({"data": {"image_size": 16, "train_size": 4, "test_size": 2, "object_size": [0.5, 0.6],
+                                    "cue": "background", "distractors": 1}})
+    for data in build_datasets(config):
+        assert data.object_size == (0.5, 0.6) and data.cue == "background" and data.distractors == 1

@@ -32,6 +32,7 @@ def build_datasets(config: ExperimentConfig) -> tuple[Dataset, Dataset]:
         common = dict(
             image_size=data.image_size, num_classes=data.num_classes, seed=config.seed,
             distractors=data.distractors, spurious_strength=data.spurious_strength, noise=data.noise,
+            object_size=tuple(data.object_size), cue=data.cue,
         )
         sizes = {"train": data.train_size, "test": data.test_size}
         return tuple(DATASETS.build("synthetic", split=s, num_samples=sizes[s], **common) for s in ("train", "test"))

@@ -50,9 +50,32 @@ class SyntheticData(DataCommon):
     num_classes: int = Field(10, ge=2)
     train_size: int = Field(5000, ge=1)
     test_size: int = Field(1000, ge=1)
-    distractors: int = Field(2, ge=0)
+    distractors: int = Field(0, ge=0, description="most distractor shapes, of families not used as classes")
     spurious_strength: float = Field(0.0, ge=0.0, le=1.0)
     noise: float = Field(0.05, ge=0.0)
+    object_size: tuple[float, float] = Field(
+        (0.7, 0.95), description="range of the object's bounding-circle diameter, as a share of the image side"
+    )
+    cue: Literal["object", "background"] = Field(
+        "object", description="object: the label is the object's shape; background: the background colour "
+        "(in both splits), with an object of a random class"
+    )
+
+    @field_validator("object_size")
+    @classmethod
+    def _object_size(cls, size: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 < size[0] <= size[1] <= 1.0:
+            raise ValueError("expected [low, high] with 0 < low <= high <= 1")
+        return size
+
+    @model_validator(mode="after")
+    def _cue_alone(self) -> "SyntheticData":
+        if self.cue == "background" and self.spurious_strength != 0:
+            raise ValueError(
+                f"data.spurious_strength = {self.spurious_strength!r}: expected 0 with data.cue = 'background', "
+                "whose background already carries the label in both splits"
+            )
+        return self
 
 
 class _RealData(DataCommon):

@@ -9,7 +9,8 @@ from kdlens.models.base import NamedLayerModel
 
 ALPHA, TAU = 2.0, 0.1
 # enough Monte-Carlo draws and steps for the closed-form checks (the defaults are for real CNNs)
-EXACT = dict(alpha=ALPHA, tau=TAU, steps=1500, lr=0.03, noise_samples=64, variance_samples=512)
+# sigma_max far above every optimum: the closed forms are those of the unbounded problem
+EXACT = dict(alpha=ALPHA, tau=TAU, steps=1500, lr=0.03, noise_samples=64, variance_samples=512, sigma_max=100.0)
 
 
 def linear(n_in=8, n_out=6, bias=True, seed=0):
@@ -48,6 +49,21 @@ def test_linear_closed_form_one_unit_per_element():
     # at the optimum the feature term equals alpha / 2
     optimum = ALPHA / 2 - ALPHA * (expected.log().mean(1) + 0.5 * math.log(2 * math.pi * math.e))
     assert torch.allclose(r.final_loss, optimum, atol=0.05)
+
+
+def test_linear_closed_form_with_the_bound():
+    """The loss of a linear f separates over units and is convex in each log sigma_u, so
+    the optimum under sigma <= sigma_max is min(sigma_u*, sigma_max): the column of the
+    smallest norm (sigma* ~ 1.4 here) stops at the bound, the others are unchanged."""
+    lin = linear(bias=True)
+    x = torch.randn(3, 8)
+    r = information_discarding(lin, x, None, element_units((8,)), **dict(EXACT, sigma_max=1.0))
+    c = lin.weight.detach().pow(2).sum(0)
+    unbounded = (ALPHA * r.feature_variance[:, None] / (2 * 8 * c)).sqrt()
+    assert (unbounded[:, 0] > 1.2).all() and (unbounded[:, 1:] < 0.9).all()
+    expected = unbounded.clamp(max=1.0)
+    assert (r.sigma / expected - 1).abs().max() < 0.04
+    assert torch.allclose(r.sigma[:, 0], torch.ones(3), atol=1e-6)
 
 
 def test_linear_closed_form_grouped_units():
@@ -161,4 +177,6 @@ def test_noise_concentrates_on_ignored_units():
     sigma = r.sigma.reshape(3, 4, 4)
     left, right = sigma[:, :, :2], sigma[:, :, 2:]
     assert r.valid.all()
-    assert right.min() > 100 * left.max()
+    # the ignored half has no optimum: it stops at the bound, exactly, whatever the budget
+    assert torch.equal(right, torch.ones_like(right))
+    assert left.max() < 0.2

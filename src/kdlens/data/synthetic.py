@@ -1,11 +1,22 @@
 """SyntheticShapes: a procedurally generated dataset with exact object masks.
 
-Each image shows one object of the labelled shape family on a cluttered
-background (colour, grating, smooth noise, smaller distractor shapes of other
-classes), so a network can lean on the foreground or be tempted by the
-background. Because the object is drawn last with a flat colour and hard edges,
-the mask is exactly the set of pixels the object changed: the knowledge-point
-metrics get a perfect foreground/background split without any annotation.
+Each image shows one large object on a cluttered background (colour, grating,
+smooth noise, smaller distractor shapes). Because the object is drawn last with
+a flat colour and hard edges, the mask is exactly the set of pixels the object
+changed: the knowledge-point metrics get a perfect foreground/background split
+without any annotation.
+
+The data is built so that it is known where the class information lives, which
+is what the knowledge-point measurement needs:
+
+* ``cue="object"`` (default): the label is the object's shape family and the
+  background holds no label information at all (random colour and texture;
+  distractors come only from the shape families not used as classes).
+* ``cue="background"``: a planted background cue. In both splits the background
+  colour is the label's entry of :func:`class_colours` (jittered by up to
+  +-``BACKGROUND_JITTER`` per channel), and the object's family is drawn
+  uniformly from the classes in use, independently of the label; the mask still
+  marks the object.
 
 Every sample has its own generator ``np.random.default_rng([seed, split_code,
 index])`` and all its random parameters are drawn before anything is rendered,
@@ -13,11 +24,22 @@ so any index renders alone and identically (see :meth:`SyntheticShapes.render`).
 
 Choices worth knowing:
 
-* distractors: the count is random, uniform in ``0..distractors``; their classes
-  are drawn from the classes in use other than the label.
-* ``spurious_strength`` s: in the train split only, with probability s the
-  background colour is the label's entry of a fixed class -> colour table, so the
-  background predicts the class in training but never in the test split.
+* ``object_size``: the diameter of the object's bounding circle as a share of
+  the image side, uniform in the range; the centre is drawn so that the circle
+  lies inside the image. The default (0.7, 0.95) mimics the box-cropped images
+  of the knowledge-points paper: at 32 px with the other defaults the object
+  covers on average 27% of the pixels (0.271 by :meth:`SyntheticShapes.object_share`
+  on 5000 training samples, seed 0; from 0.17 for t_shape to 0.49 for disk).
+* distractors: the count is random, uniform in ``0..distractors``; their
+  families are drawn from ``FAMILY_NAMES[num_classes:]``, the families not used
+  as classes, so they are evidence for no label.
+* ``spurious_strength`` s (``cue="object"`` only): in the train split only, with
+  probability s the background colour is the label's entry of a fixed class ->
+  colour table, so the background predicts the class in training but never in
+  the test split.
+* Every draw is made whatever the cue, so the two cues give the same geometry,
+  texture and noise for a given (seed, split, index); they differ only in the
+  colours and in the object's family.
 * The object colour differs from the background colour by >= 0.5 and from every
   distractor colour by >= 0.3 in at least one channel; texture stays within
   +-0.18, so the object always changes the pixels it covers.
@@ -68,12 +90,14 @@ FAMILIES: dict[str, Indicator] = {
 }
 FAMILY_NAMES = tuple(FAMILIES)
 SPLIT_CODES = {"train": 0, "test": 1}
-OBJECT_SIZE = (0.35, 0.65)  # diameter of the bounding circle, as a share of the side
+OBJECT_SIZE = (0.7, 0.95)  # default diameter range of the bounding circle, as a share of the side
 DISTRACTOR_SIZE = (0.15, 0.3)
 GRATING_AMPLITUDE = 0.1
 SMOOTH_AMPLITUDE = 0.08  # texture is bounded by the sum: 0.18
 SMOOTH_GRID = 4
 BACKGROUND_GAP, DISTRACTOR_GAP = 0.5, 0.3
+BACKGROUND_JITTER = 0.05  # cue="background": per-channel jitter of the class colour
+CUES = ("object", "background")
 
 
 @dataclass(frozen=True)
@@ -101,13 +125,25 @@ class SampleParams:
     noise: np.ndarray  # (3, H, W) pixel noise
 
     @property
-    def distractor_classes(self) -> list[int]:
+    def distractor_families(self) -> list[int]:
+        """Family indices of the distractors: never a class in use."""
         return [shape.family for shape in self.distractors]
 
 
 def class_colours(num_classes: int) -> np.ndarray:
-    """The fixed class -> background colour table used by the spurious knob."""
+    """The fixed class -> background colour table used by the spurious knob and cue="background"."""
     return np.array([colorsys.hsv_to_rgb(k / num_classes, 0.7, 0.8) for k in range(num_classes)], dtype=np.float32)
+
+
+def check_object_size(object_size) -> tuple[float, float]:
+    """``object_size`` as a (low, high) tuple, or a one-line ValueError naming it."""
+    try:
+        low, high = (float(x) for x in object_size)
+    except (TypeError, ValueError):
+        low = high = float("nan")
+    if not 0.0 < low <= high <= 1.0:  # also false for nan
+        raise ValueError(f"object_size = {object_size!r}: expected (low, high) with 0 < low <= high <= 1")
+    return low, high
 
 
 def _contrasting(rng: np.random.Generator, reference: np.ndarray, gap: float) -> np.ndarray:
@@ -146,9 +182,11 @@ class SyntheticShapes(Dataset):
         image_size: int = 32,
         num_classes: int = 10,
         seed: int = 0,
-        distractors: int = 2,
+        distractors: int = 0,
         spurious_strength: float = 0.0,
         noise: float = 0.05,
+        object_size: tuple[float, float] = OBJECT_SIZE,
+        cue: str = "object",
     ) -> None:
         if split not in SPLIT_CODES:
             raise ValueError(f"split = {split!r}: expected one of {', '.join(SPLIT_CODES)}")
@@ -160,14 +198,28 @@ class SyntheticShapes(Dataset):
             raise ValueError(f"num_samples = {num_samples!r}: expected an integer >= 1")
         if distractors < 0:
             raise ValueError(f"distractors = {distractors!r}: expected an integer >= 0")
+        if distractors > 0 and num_classes == len(FAMILIES):
+            raise ValueError(
+                f"distractors = {distractors!r}: expected 0 with num_classes = {num_classes}, which leaves no "
+                f"shape family for distractors (they need num_classes <= {len(FAMILIES) - 1})"
+            )
         if not 0.0 <= spurious_strength <= 1.0:
             raise ValueError(f"spurious_strength = {spurious_strength!r}: expected a number in [0, 1]")
         if noise < 0:
             raise ValueError(f"noise = {noise!r}: expected a number >= 0")
+        self.object_size = check_object_size(object_size)
+        if cue not in CUES:
+            raise ValueError(f"cue = {cue!r}: expected one of {', '.join(CUES)}")
+        if cue == "background" and spurious_strength != 0:
+            raise ValueError(
+                f"spurious_strength = {spurious_strength!r}: expected 0 with cue = 'background', "
+                "whose background already carries the label in both splits"
+            )
         self.split, self.seed, self.image_size = split, seed, image_size
         self.num_classes, self.distractors = num_classes, distractors
-        self.spurious_strength, self.noise = spurious_strength, noise
+        self.spurious_strength, self.noise, self.cue = spurious_strength, noise, cue
         self.classes = list(FAMILY_NAMES[:num_classes])
+        self.distractor_families = tuple(range(num_classes, len(FAMILIES)))
         self.class_colours = class_colours(num_classes)
         centres = np.arange(image_size, dtype=np.float32) + 0.5  # pixel centres decide coverage
         self._ys, self._xs = np.meshgrid(centres, centres, indexing="ij")
@@ -190,13 +242,21 @@ class SyntheticShapes(Dataset):
         image = self.images[index].float() / 127.5 - 1.0
         return Sample(image, int(self.labels[index]), self.masks[index])
 
+    def object_share(self) -> float:
+        """Mean share of the pixels covered by the object, over all samples."""
+        return float(self.masks.float().mean())
+
     def params(self, index: int) -> SampleParams:
         """Draw every random parameter of sample ``index`` (the label is index % num_classes)."""
         rng = np.random.default_rng([self.seed, SPLIT_CODES[self.split], index])
         label, side = index % self.num_classes, self.image_size
         spurious = self.split == "train" and rng.random() < self.spurious_strength
-        background = rng.random(3).astype(np.float32)  # drawn even when overridden: other draws stay put
-        if spurious:
+        # Every draw is made whatever the knobs, so overriding one value leaves the other draws put.
+        background = rng.random(3).astype(np.float32)
+        jitter = rng.uniform(-BACKGROUND_JITTER, BACKGROUND_JITTER, 3)
+        if self.cue == "background":
+            background = np.clip(self.class_colours[label] + jitter, 0.0, 1.0).astype(np.float32)
+        elif spurious:
             background = self.class_colours[label].copy()
         grating = (
             rng.uniform(0.0, GRATING_AMPLITUDE), rng.uniform(2.0, 6.0),
@@ -204,12 +264,14 @@ class SyntheticShapes(Dataset):
         )
         smooth = (rng.uniform(-1, 1, (3, SMOOTH_GRID, SMOOTH_GRID)) * rng.uniform(0, SMOOTH_AMPLITUDE)).astype(np.float32)
         colour = _contrasting(rng, background, BACKGROUND_GAP)
-        radius = rng.uniform(*OBJECT_SIZE) * side / 2
-        obj = Shape(label, tuple(rng.uniform(radius, side - radius, 2)), radius, rng.uniform(0, 2 * np.pi), colour)
-        others = [c for c in range(self.num_classes) if c != label]
+        random_family = int(rng.integers(self.num_classes))  # the object's family under cue="background"
+        family = random_family if self.cue == "background" else label
+        radius = rng.uniform(*self.object_size) * side / 2
+        obj = Shape(family, tuple(rng.uniform(radius, side - radius, 2)), radius, rng.uniform(0, 2 * np.pi), colour)
+        free = self.distractor_families
         shapes = []
         for _ in range(int(rng.integers(0, self.distractors + 1))):
-            family = others[int(rng.integers(len(others)))]
+            family = free[int(rng.integers(len(free)))]
             r = rng.uniform(*DISTRACTOR_SIZE) * side / 2
             shapes.append(Shape(family, tuple(rng.uniform(0, side, 2)), r, rng.uniform(0, 2 * np.pi),
                                 _contrasting(rng, colour, DISTRACTOR_GAP)))

@@ -8,7 +8,8 @@ from kdlens.discarding.dynamics import (
     stability,
     weight_distances,
 )
-from kdlens.discarding.estimator import HALF_LOG_2PIE, DiscardingResult, information_discarding
+from kdlens.discarding.estimator import ESTIMATORS, HALF_LOG_2PIE, DiscardingResult, information_discarding
+from kdlens.discarding.paper import paper_defaults
 from kdlens.discarding.knowledge_points import (
     KnowledgePoints,
     PointSummary,
@@ -30,6 +31,7 @@ from kdlens.discarding.units import (
 __all__ = [
     "HALF_LOG_2PIE",
     "DiscardingResult",
+    "ESTIMATORS",
     "KnowledgePoints",
     "PointSummary",
     "Stability",
@@ -43,6 +45,7 @@ __all__ = [
     "information_discarding",
     "knowledge_points",
     "num_units",
+    "paper_defaults",
     "peak_epoch",
     "point_units",
     "stability",

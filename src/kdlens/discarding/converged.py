@@ -1,0 +1,209 @@
+"""kdlens's own estimator of information discarding: a converged optimum of Eq. 4.
+
+For each sample x we learn per-unit noise scales sigma that make
+x' = x + sigma o delta, delta ~ N(0, I), as uncertain as possible while the
+feature f(x') of a layer stays close to f* = f(x):
+
+    Loss(sigma) = E_delta ||f(x') - f*||^2 / delta_f^2  -  alpha * mean_u H_u        (Eq. 4)
+    H_u = log sigma_u + 1/2 log(2 pi e)                                              (Eq. 2)
+    delta_f^2 = E_delta ||f(x + tau delta) - f*||^2                                   (Sec. 3.1)
+
+Unlike the authors' recipe (``paper.py``), which stops at a fixed mean
+entropy after 60-80 small SGD steps, this estimator runs to the optimum, so
+its answer depends neither on the step budget nor on the seed (up to
+Monte-Carlo noise). Conventions (the paper leaves them open):
+
+* sigma is shared by all elements of a unit (see ``units``) and learned as
+  log sigma: positivity for free, and Adam's steps are relative changes of sigma,
+  which makes them independent of the input's scale.
+* sigma is bounded above by ``sigma_max`` (1 by default: the unit of the
+  normalised input, where noise is as large as the data's own spread and the
+  unit's content is gone). A unit the feature ignores entirely has no
+  optimum of Eq. 4: its log sigma would grow by up to lr a step for ever, so
+  its entropy would measure the step budget. With the bound it stops at
+  sigma_max, and the optimum of the bounded problem exists.
+* The entropy term is the MEAN of H_u over units, not the sum of Eq. 3, so
+  alpha means the same for a 4x4 or a 16x16 grid.  For a linear f(x) = W x the
+  optimum is sigma_u^2 = alpha delta_f^2 / (2 n sum_{i in u} ||W_:,i||^2) (n units),
+  and the feature term there equals alpha / 2: alpha is the allowed feature
+  change E||f(x') - f*||^2 in units of delta_f^2 / 2.
+* delta_f^2 is estimated once per sample, before optimisation, from
+  ``variance_samples`` draws at the fixed scale tau (the paper's limit tau -> 0
+  is replaced by a small tau, in the units of the normalised input).
+* Samples are independent; the batch is optimised together (the sum of the
+  per-sample losses) with ``noise_samples`` draws of delta per sample per step,
+  i.e. one forward of B * noise_samples inputs per step.
+* Adam's learning rate stays at ``lr`` for the first half of the steps, then
+  falls along a half cosine to lr / 20: the first half travels, the second
+  settles, so the Monte-Carlo jitter of the last iterates shrinks with the lr.
+  The reported sigma is exp of the mean of log sigma over the last 20 % of the
+  steps (Polyak-Ruppert averaging); ``final_loss`` is the mean loss there.
+* ``converged`` says the mean loss of the last 10 % of steps moved from the
+  10 % before by less than ``tol * max(|loss|, alpha)`` plus two standard
+  errors of the difference (the loss is a Monte-Carlo estimate; the floor
+  alpha because the loss crosses 0, and a change of tol * alpha is a change
+  of tol in mean log sigma).
+* A sample whose feature does not respond to noise (delta_f^2 == 0 or not
+  finite, e.g. dead ReLUs) has no defined loss: it is left out of the
+  optimisation, ``valid`` is False with a reason, its sigma is its initial
+  value, its entropy the matching finite value, and its final_loss +inf.
+  Nothing is NaN; callers must check ``valid``.
+
+Defaults: alpha=2 makes sigma = tau the optimum of a model equally sensitive to
+all units, so sigma starts at tau (=0.1, a tenth of a normalised input's std,
+small enough that delta_f^2 is a local quantity) and log(sigma_u / tau) says
+how much more or less than average unit u is discarded.  Adam with lr=0.05 on
+log sigma moves sigma by up to ~5% a step: the first 150 of 300 steps cover a
+factor e^7.5, more than the distance from tau to sigma_max.  For a warm start
+(``init_sigma``) pass fewer steps and a smaller lr: Adam's first steps have
+size ~lr whatever the gradient.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from kdlens.discarding.common import HALF_LOG_2PIE, DiscardingResult, feature_fn, frozen, invalid_reasons, randn
+from kdlens.discarding.units import check_units
+
+FINAL_LR_SHARE = 0.05  # the lr at the last step, as a share of lr
+AVERAGED_SHARE = 0.2  # the share of the last steps whose log sigma is averaged
+
+
+def learning_rate(step: int, steps: int, lr: float) -> float:
+    """lr for the first half, then a half cosine down to FINAL_LR_SHARE * lr at the last step."""
+    half = steps // 2
+    if step < half or steps - half <= 1:
+        return lr
+    t = (step - half) / (steps - half - 1)
+    return lr * (FINAL_LR_SHARE + (1 - FINAL_LR_SHARE) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def converged_discarding(
+    model: nn.Module,
+    inputs: Tensor,
+    layer: str | None,
+    units: Tensor,
+    *,
+    alpha: float = 2.0,
+    tau: float = 0.1,
+    sigma_max: float = 1.0,
+    steps: int = 300,
+    lr: float = 0.05,
+    noise_samples: int = 8,
+    variance_samples: int = 32,
+    tol: float = 0.01,
+    init_sigma: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> DiscardingResult:
+    """Learn per-unit noise scales sigma for every sample of ``inputs`` (Eq. 4); see the module doc.
+
+    ``layer``: a stage name of a ``NamedLayerModel``, a module name from
+    ``model.named_modules()``, or None for the model's output.  ``units``: a
+    unit map broadcastable to one sample (``units.py``).  ``init_sigma``
+    (B, n_units) warm-starts from earlier sigmas.  Randomness comes only from
+    ``generator``, or else a generator seeded with ``seed``.
+    """
+    if steps < 1 or noise_samples < 1 or variance_samples < 1:
+        raise ValueError(
+            f"steps, noise_samples and variance_samples must be >= 1, got {steps}, {noise_samples}, {variance_samples}"
+        )
+    if alpha <= 0 or tau <= 0 or lr <= 0:
+        raise ValueError(f"alpha, tau and lr must be > 0, got {alpha}, {tau}, {lr}")
+    if not sigma_max > tau:
+        raise ValueError(f"sigma_max = {sigma_max}: expected a bound above tau = {tau}")
+    x = inputs.detach()
+    batch, sample_shape = x.shape[0], tuple(x.shape[1:])
+    unit_map = check_units(units.to(x.device), sample_shape).reshape(-1)
+    n = int(unit_map.max()) + 1
+    log_max = math.log(sigma_max)
+    if init_sigma is None:
+        log_init = torch.full((batch, n), math.log(tau), dtype=x.dtype, device=x.device)
+    else:
+        if tuple(init_sigma.shape) != (batch, n):
+            raise ValueError(f"init_sigma has shape {tuple(init_sigma.shape)}, expected {(batch, n)}")
+        if not bool(torch.isfinite(init_sigma).all() and (init_sigma > 0).all()):
+            raise ValueError("init_sigma must be finite and > 0")
+        log_init = init_sigma.detach().to(x).log().clamp(max=log_max)
+    gen = generator if generator is not None else torch.Generator(x.device).manual_seed(seed)
+    f = feature_fn(model, layer)
+
+    with frozen(model):
+        with torch.no_grad():
+            f0 = f(x).reshape(batch, -1)
+            sq = torch.zeros(batch, dtype=torch.float64, device=x.device)
+            for start in range(0, variance_samples, noise_samples):
+                s = min(noise_samples, variance_samples - start)
+                xp = (x.unsqueeze(0) + tau * randn((s, *x.shape), gen, x)).reshape(s * batch, *sample_shape)
+                sq += ((f(xp).reshape(s, batch, -1) - f0) ** 2).sum(-1).sum(0).double()
+            df2 = sq / variance_samples
+        reasons = invalid_reasons(f0, df2)
+        valid = torch.tensor([r is None for r in reasons], device=x.device)
+
+        log_sigma = log_init.clone()
+        history = torch.full((steps, batch), math.inf, dtype=torch.float64, device=x.device)
+        averaged = max(1, round(steps * AVERAGED_SHARE))
+        idx = valid.nonzero().squeeze(1)
+        if len(idx):
+            xv, f0v, df2v = x[idx], f0[idx], df2[idx].to(x.dtype)
+            bv = len(idx)
+            param = nn.Parameter(log_init[idx].clone())
+            opt = torch.optim.Adam([param], lr=lr)
+            log_sum = torch.zeros_like(param, dtype=torch.float64)
+            steps_iter = range(steps)
+            if progress:
+                from tqdm.auto import tqdm
+
+                steps_iter = tqdm(steps_iter, desc="information discarding", leave=False)
+            for step in steps_iter:
+                sigma_el = param.exp().index_select(1, unit_map).reshape(bv, *sample_shape)
+                xp = (xv + sigma_el * randn((noise_samples, *xv.shape), gen, xv)).reshape(-1, *sample_shape)
+                dist = ((f(xp).reshape(noise_samples, bv, -1) - f0v) ** 2).sum(-1).mean(0)
+                loss = dist / df2v - alpha * (param.mean(1) + HALF_LOG_2PIE)
+                opt.zero_grad(set_to_none=True)
+                loss.sum().backward()
+                # record the loss of the sigma that produced it, then step
+                history[step, idx] = loss.detach().double()
+                if step >= steps - averaged:
+                    log_sum += param.detach().double()
+                for group in opt.param_groups:
+                    group["lr"] = learning_rate(step, steps, lr)
+                opt.step()
+                with torch.no_grad():
+                    param.clamp_(max=log_max)
+            log_sigma[idx] = (log_sum / averaged).to(x.dtype)
+
+    window = max(1, steps // 10)
+    last, before = history[-window:], history[-2 * window : -window]
+    final = history[-averaged:].mean(0)
+    with torch.no_grad():
+        if steps >= 2 * window:
+            change = (last.mean(0) - before.mean(0)).abs()
+            noise = (last.var(0, correction=0) / window + before.var(0, correction=0) / window).sqrt()
+        else:
+            change = noise = torch.full_like(final, math.inf)
+        limit = tol * torch.clamp(final.abs(), min=alpha) + 2 * noise
+        converged = valid & torch.isfinite(change) & (change <= limit)
+        bad = valid & ~(torch.isfinite(final) & torch.isfinite(log_sigma).all(1))
+        for b in bad.nonzero().squeeze(1).tolist():
+            reasons[b] = "optimisation diverged (non-finite loss or sigma)"
+        if bad.any():
+            valid, converged = valid & ~bad, converged & ~bad
+            log_sigma[bad] = log_init[bad]
+        final = torch.where(valid, final, torch.full_like(final, math.inf))
+    return DiscardingResult(
+        sigma=log_sigma.exp(),
+        entropy=log_sigma + HALF_LOG_2PIE,
+        feature_variance=torch.where(torch.isfinite(df2), df2, torch.full_like(df2, math.inf)).to(x.dtype),
+        final_loss=final.to(x.dtype),
+        converged=converged,
+        valid=valid,
+        invalid_reason=reasons,
+        loss_history=history.to(x.dtype),
+        estimator="converged",
+    )
