@@ -1,16 +1,18 @@
 """The report's figures, each returned as PNG bytes (the caller writes them atomically).
 
 * :func:`knowledge_point_maps`  - the paper's Fig. 3 / Fig. 6: where the
-  knowledge points of teacher, student and baseline lie on the image.
+  knowledge points of teacher, student, baseline (and the random-weights
+  reference) lie on the image.
 * :func:`points_vs_distance`    - Fig. 4: N_fg and N_bg against the weight distance.
-* :func:`lambda_vs_accuracy`    - Fig. 2: λ against test accuracy over the epochs.
+* :func:`lambda_vs_accuracy`    - Fig. 2: λ against accuracy over the epochs (the
+  student's distillation epochs read through the teacher's upper layers).
 * :func:`metric_bars`           - the six metrics of Table 5, student vs baseline.
 
 Figures are built on ``matplotlib.figure.Figure`` with an Agg canvas rather
 than through pyplot, so no global backend or pyplot state is touched (the
 library may run inside other people's processes) and nothing leaks memory
 when many reports are drawn.  Missing values (None) are skipped, never plotted
-as zero.
+as zero.  Each figure shows one knowledge-point estimator, named in its title.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from matplotlib.patches import Patch
 
 from kdlens.report.tables import METRICS, fmt, number
 
-COLOURS = {"teacher": "tab:green", "student": "tab:blue", "baseline": "tab:orange"}
+COLOURS = {"teacher": "tab:green", "student": "tab:blue", "baseline": "tab:orange", "random": "tab:grey"}
+MAP_ROLES = ("teacher", "student", "baseline", "random")
+ROLE_TITLES = {"random": "random weights"}
 FG_COLOUR = (1.0, 0.35, 0.0)  # foreground knowledge points: orange-red
 BG_COLOUR = (0.0, 0.55, 1.0)  # background knowledge points: blue
 OVERLAY_ALPHA = 0.55
@@ -65,17 +69,23 @@ def _outline(ax, mask: Optional[np.ndarray]) -> None:
         ax.contour(mask.astype(float), levels=[0.5], colors="yellow", linewidths=1.2)
 
 
-def knowledge_point_maps(layer: str, maps: Mapping[str, Any], max_samples: int = 6) -> bytes:
+def _where(layer: str, estimator: Optional[str]) -> str:
+    return f"{layer}" + (f" ({estimator} estimator)" if estimator else "")
+
+
+def knowledge_point_maps(layer: str, maps: Mapping[str, Any], max_samples: int = 6,
+                         estimator: Optional[str] = None) -> bytes:
     """Fig. 3 / Fig. 6: one row per sample (up to ``max_samples``): the image with
-    the object outline, then for each of teacher, student, baseline the image
+    the object outline, then for each of teacher, student, baseline and random
+    (those present in ``maps``; random = the teacher's initial weights) the image
     with its foreground knowledge points shaded orange and background ones blue
     (the final epoch; grid cells upsampled to the image), titled N_fg / N_bg."""
     images, masks = _np(maps.get("images")), _np(maps.get("masks"))
-    roles = [r for r in ("teacher", "student", "baseline") if maps.get(r) is not None]
+    roles = [r for r in MAP_ROLES if maps.get(r) is not None]
     n = 0 if images is None else min(len(images), max_samples)
     fig = Figure(figsize=(2.3 * (1 + len(roles)), 2.6 * max(n, 1) + 0.8))
     if n == 0:
-        _no_data(fig.add_subplot(1, 1, 1), f"no knowledge-point maps for {layer}")
+        _no_data(fig.add_subplot(1, 1, 1), f"no knowledge-point maps for {_where(layer, estimator)}")
         return _png(fig)
     axes = fig.subplots(n, 1 + len(roles), squeeze=False)
     for i in range(n):
@@ -94,7 +104,7 @@ def knowledge_point_maps(layer: str, maps: Mapping[str, Any], max_samples: int =
             points = _np(maps[role].get("points"))
             foreground = _np(maps[role].get("foreground"))
             if points is None or foreground is None:
-                ax.set_title(f"{role}: –" if i == 0 else "–", fontsize=9)
+                ax.set_title(f"{ROLE_TITLES.get(role, role)}: –" if i == 0 else "–", fontsize=9)
             else:
                 pts, fg = points[i].astype(bool), foreground[i].astype(bool)
                 overlay = np.zeros((height, width, 4))
@@ -102,12 +112,13 @@ def knowledge_point_maps(layer: str, maps: Mapping[str, Any], max_samples: int =
                 overlay[_upsample(pts & ~fg, height, width)] = (*BG_COLOUR, OVERLAY_ALPHA)
                 ax.imshow(overlay)
                 counts = f"N_fg = {int((pts & fg).sum())}, N_bg = {int((pts & ~fg).sum())}"
-                ax.set_title(f"{role}\n{counts}" if i == 0 else counts, fontsize=9)  # role named once per column
+                title = f"{ROLE_TITLES.get(role, role)}\n{counts}" if i == 0 else counts  # role named once per column
+                ax.set_title(title, fontsize=9)
             _outline(ax, mask)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"Knowledge points at layer {layer} (cf. paper Fig. 3 / Fig. 6)", fontsize=11)
+    fig.suptitle(f"Knowledge points at layer {_where(layer, estimator)} (cf. paper Fig. 3 / Fig. 6)", fontsize=11)
     fig.legend(
         handles=[Patch(color=FG_COLOUR, alpha=OVERLAY_ALPHA, label="foreground knowledge point"),
                  Patch(color=BG_COLOUR, alpha=OVERLAY_ALPHA, label="background knowledge point"),
@@ -129,7 +140,7 @@ def _series(per_epoch: Any, x_key: str, y_key: str) -> tuple[list, list, list]:
     return xs, ys, epochs
 
 
-def points_vs_distance(layer: str, layer_data: Mapping[str, Any]) -> bytes:
+def points_vs_distance(layer: str, layer_data: Mapping[str, Any], estimator: Optional[str] = None) -> bytes:
     """Fig. 4: mean N_fg (solid) and N_bg (dashed) against the cumulative weight
     distance sum_k ||w_k - w_{k-1}|| / ||w_0||, student vs baseline, a marker per
     analysed epoch; a dotted vertical line marks each model's D_mean (Eq. 8)."""
@@ -154,46 +165,83 @@ def points_vs_distance(layer: str, layer_data: Mapping[str, Any]) -> bytes:
         ax.set_ylabel("knowledge points per sample (mean)")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    ax.set_title(f"Knowledge points vs weight distance at {layer} (cf. paper Fig. 4)")
+    ax.set_title(f"Knowledge points vs weight distance at {_where(layer, estimator)} (cf. paper Fig. 4)", fontsize=10)
     fig.tight_layout()
     return _png(fig)
 
 
-def lambda_vs_accuracy(layer: str, layer_data: Mapping[str, Any]) -> bytes:
-    """Fig. 2: λ (share of knowledge points on the foreground) against test
-    accuracy, one trajectory over the epochs per model (first and last epoch
-    annotated), the teacher as a single star."""
-    fig = Figure(figsize=(7, 4.5))
+def _accuracy_series(per_epoch: Any, mimic: bool) -> tuple[list, list, list, list]:
+    """(accuracy, λ, epoch, read through the teacher?) per epoch with both values;
+    with ``mimic`` an epoch's ``mimic_accuracy`` replaces its test accuracy where present."""
+    xs, ys, epochs, through = [], [], [], []
+    for row in per_epoch or []:
+        m = number(row.get("mimic_accuracy")) if mimic else None
+        x = m if m is not None else number(row.get("test_accuracy"))
+        y = number(row.get("lambda"))
+        if x is not None and y is not None:
+            xs.append(x)
+            ys.append(y)
+            epochs.append(row.get("epoch"))
+            through.append(m is not None)
+    return xs, ys, epochs, through
+
+
+def lambda_vs_accuracy(layer: str, layer_data: Mapping[str, Any], distilled_layer: Optional[str] = None,
+                       estimator: Optional[str] = None) -> bytes:
+    """Fig. 2: λ (share of knowledge points on the foreground) against accuracy,
+    one trajectory over the epochs per model (first and last epoch annotated),
+    the teacher as a single star and the random initial weights as a cross.
+
+    During its distillation epochs the student has no trained head of its own,
+    so where ``mimic_accuracy`` is given its accuracy is that of its
+    distilled-layer feature read through the teacher's layers above that layer
+    (hollow markers, said on the figure); after them, its test accuracy."""
+    fig = Figure(figsize=(7, 4.8))
     ax = fig.add_subplot(1, 1, 1)
-    plotted = False
+    plotted = mimicked = False
     for role in ("student", "baseline"):
-        xs, ys, epochs = _series((layer_data.get(role) or {}).get("per_epoch"), "test_accuracy", "lambda")
+        xs, ys, epochs, through = _accuracy_series((layer_data.get(role) or {}).get("per_epoch"), role == "student")
         if not xs:
             continue
         xs = [100 * x for x in xs]
-        ax.plot(xs, ys, "-", marker="o", markersize=4, color=COLOURS[role], label=role, alpha=0.85)
+        colour = COLOURS[role]
+        ax.plot(xs, ys, "-", color=colour, label=role, alpha=0.85)
+        own = [k for k, t in enumerate(through) if not t]
+        read = [k for k, t in enumerate(through) if t]
+        if own:
+            ax.plot([xs[k] for k in own], [ys[k] for k in own], "o", markersize=4, color=colour)
+        if read:
+            mimicked = True
+            ax.plot([xs[k] for k in read], [ys[k] for k in read], "o", markersize=5, markerfacecolor="white",
+                    markeredgecolor=colour, label=f"{role} during distillation (through the teacher)")
         for k in {0, len(xs) - 1}:
             ax.annotate(f"ep {epochs[k]}", (xs[k], ys[k]), textcoords="offset points", xytext=(4, 4),
-                        fontsize=8, color=COLOURS[role])
+                        fontsize=8, color=colour)
         plotted = True
-    teacher = layer_data.get("teacher") or {}
-    t_acc, t_lam = number(teacher.get("accuracy")), number(teacher.get("lambda"))
-    if t_acc is not None and t_lam is not None:
-        ax.plot([100 * t_acc], [t_lam], "*", markersize=16, color=COLOURS["teacher"], label="teacher (final)")
-        plotted = True
+    for role, marker, size, label in (("teacher", "*", 16, "teacher (final)"), ("random", "X", 10, "random weights")):
+        summary = layer_data.get(role) or {}
+        acc, lam = number(summary.get("accuracy")), number(summary.get("lambda"))
+        if acc is not None and lam is not None:
+            ax.plot([100 * acc], [lam], marker, markersize=size, color=COLOURS[role], label=label)
+            plotted = True
     if not plotted:
         _no_data(ax, "no λ / accuracy values")
     else:
-        ax.set_xlabel("test accuracy (%)")
+        ax.set_xlabel("accuracy (%)")
         ax.set_ylabel("λ = N_fg / (N_fg + N_bg)")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    ax.set_title(f"λ vs test accuracy over epochs at {layer} (cf. paper Fig. 2)")
-    fig.tight_layout()
+    if mimicked:
+        above = f" above {distilled_layer}" if distilled_layer else " above the distilled layer"
+        fig.text(0.5, 0.005, f"During distillation (hollow markers) the student's accuracy is read through the "
+                             f"teacher's layers{above};\nafter it, the student's own test accuracy.",
+                 ha="center", va="bottom", fontsize=8, color="dimgrey")
+    ax.set_title(f"λ vs accuracy over epochs at {_where(layer, estimator)} (cf. paper Fig. 2)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.07 if mimicked else 0, 1, 1))
     return _png(fig)
 
 
-def metric_bars(layer: str, layer_data: Mapping[str, Any]) -> bytes:
+def metric_bars(layer: str, layer_data: Mapping[str, Any], estimator: Optional[str] = None) -> bytes:
     """The six metrics of Table 5, student vs baseline, one panel each (their
     scales differ by orders of magnitude); arrows say which way is better."""
     metrics = [m for m in METRICS if m[0] != "accuracy"]
@@ -216,6 +264,6 @@ def metric_bars(layer: str, layer_data: Mapping[str, Any]) -> bytes:
     fig.legend(handles=[Patch(color=COLOURS["student"], label="student (S)"),
                         Patch(color=COLOURS["baseline"], label="baseline (B)")],
                loc="lower center", ncol=2, fontsize=8, frameon=False)
-    fig.suptitle(f"Student vs baseline at {layer} (cf. paper Table 5)", fontsize=11)
+    fig.suptitle(f"Student vs baseline at {_where(layer, estimator)} (cf. paper Table 5)", fontsize=11)
     fig.tight_layout(rect=(0, 0.08, 1, 0.95))
     return _png(fig)

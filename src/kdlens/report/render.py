@@ -1,8 +1,10 @@
 """Write a run's explanation report: report.md, report.html, metrics.json, figures/*.png.
 
 The report puts the paper's evidence side by side for one experiment: the
-Table 5 comparison (student S vs baseline B, teacher T for reference), the
-verdicts on Hypotheses 1-3 (Secs. 3.2-3.4) and Figs. 2, 3/6 and 4 drawn from
+Table 5 comparison (student S vs baseline B, teacher T and random weights R
+for reference) per knowledge-point estimator, the verdicts on Hypotheses 1-3
+(Secs. 3.2-3.4) with paired bootstrap intervals over the analysed images, the
+teacher against its random initial weights, and Figs. 2, 3/6 and 4 drawn from
 this run.  Markdown and HTML are rendered from one list of blocks so they
 always say the same thing.  Every file is written atomically (temporary name,
 then ``os.replace``), figures first and the two reports last, so a report
@@ -19,15 +21,21 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from kdlens.report import figures
-from kdlens.report.tables import HYPOTHESES, hypothesis_verdicts, html_table, markdown_table, number
+from kdlens.report.tables import (
+    BOOTSTRAP, HYPOTHESES, fmt, fmt_interval, fmt_signed, html_table, hypothesis_verdicts, infer_estimators,
+    level_text, markdown_table, number, teacher_vs_random,
+)
 from kdlens.store import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 METRIC_KEYS = ("n_fg", "n_bg", "lambda", "accuracy")
 DYNAMIC_KEYS = ("d_mean", "d_var", "rho")
+ROLE_ORDER = ("teacher", "student", "baseline", "random")
+LEGACY_ESTIMATOR = "default"
 
 HOW_TO_READ = [
     "A knowledge point is an input unit (a grid cell) whose entropy H_i is lower than the mean background "
-    "entropy by more than b: the layer keeps that unit's information (Sec. 3.2).",
+    "entropy by more than b: the layer keeps that unit's information (Sec. 3.2). The entropies are measured "
+    "with one or more estimators; every table and verdict is given per estimator, the first being the primary.",
     "N_fg ↑ / N_bg ↓: knowledge points per sample on the object / on the background (Eq. 6-7), at the last epoch.",
     "λ ↑: the share of knowledge points on the object, E[N_fg / (N_fg + N_bg)] (Eq. 5); higher means more "
     "task-relevant knowledge (Fig. 2 relates it to accuracy).",
@@ -35,10 +43,16 @@ HOW_TO_READ = [
     "(Eq. 8, Fig. 4); small values mean the points are learned quickly and at the same time for all samples.",
     "ρ ↑: the final foreground points as a share of all foreground points ever held during training (Eq. 9, "
     "Fig. 5); high means few detours.",
-    "In the table the better of S and B is in bold; T is the teacher, shown for reference; – means the value "
-    "could not be measured (e.g. the teacher has no training dynamics analysed, or too few epochs were analysed).",
+    "In the table the better of S and B is in bold; T is the teacher and R the teacher's architecture with its "
+    "random initial weights (\"nothing learned\"), both shown for reference; – means the value could not be "
+    "measured (e.g. T and R have no training dynamics analysed, or too few epochs were analysed).",
+    "The row S − B gives the difference and its paired bootstrap confidence interval over the analysed images "
+    "(the same images resampled for both models). A comparison holds when the interval lies entirely on the "
+    "better side of 0, does not hold when it lies entirely on the worse side, and is inconclusive when it "
+    "contains 0: with this many images the difference is within the noise.",
     "Hypothesis 1 needs a higher N_fg and a higher λ; a lower N_bg is reported but not required, because the "
-    "paper notes that students of strong teachers may encode more background points too (Sec. 4.2).",
+    "paper notes that students of strong teachers may encode more background points too (Sec. 4.2). A "
+    "hypothesis holds when all its comparisons hold and does not hold when any of them does not hold.",
 ]
 
 
@@ -57,32 +71,70 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def normalize(data: Mapping) -> dict:
+    """``{"estimators", "layers", "maps"}`` of ``data`` in the per-estimator shape.
+
+    Data in the older shape (no "estimators"; ``layers[layer][role]`` and
+    ``maps[layer][role]``) is read as one estimator named "default"."""
+    layers = dict(data.get("layers") or {})
+    maps = dict(data.get("maps") or {})
+    estimators = list(data.get("estimators") or [])
+    legacy = not estimators and any(set(v or {}) & set(ROLE_ORDER) for v in layers.values())
+    if legacy:
+        estimators = [LEGACY_ESTIMATOR]
+        layers = {layer: {LEGACY_ESTIMATOR: models} for layer, models in layers.items()}
+        maps = {layer: None if m is None else {**{k: v for k, v in m.items() if k not in ROLE_ORDER},
+                                               LEGACY_ESTIMATOR: {k: v for k, v in m.items() if k in ROLE_ORDER}}
+                for layer, m in maps.items()}
+    if not estimators:
+        estimators = infer_estimators(layers)
+    return {"estimators": estimators, "layers": layers, "maps": maps}
+
+
 def _model_metrics(summary: Mapping | None, role: str) -> dict:
-    keys = METRIC_KEYS + (() if role == "teacher" else DYNAMIC_KEYS)
+    keys = METRIC_KEYS + (() if role in ("teacher", "random") else DYNAMIC_KEYS)
     summary = dict(summary or {})
     out = {k: number(summary.pop(k, None)) for k in keys}
-    out.update(summary)  # epochs, samples, per_epoch and anything else the summary holds
+    out.update(summary)  # epochs, samples, per_epoch, per_sample and anything else the summary holds
     return _jsonable(out)
 
 
-def metrics_document(data: Mapping, verdicts: Mapping) -> dict:
+def _roles(models: Mapping) -> list[str]:
+    """teacher, student, baseline always (missing ones as empty), random when present, then any other role."""
+    return [r for r in ROLE_ORDER if r != "random" or r in models] + [r for r in models if r not in ROLE_ORDER]
+
+
+def metrics_document(data: Mapping, verdicts: Mapping, versus: Mapping, norm: Mapping | None = None) -> dict:
     """The content of metrics.json (see ``write_report``)."""
-    layers = data.get("layers") or {}
-    return {
+    norm = norm or normalize(data)
+    layers, estimators = norm["layers"], norm["estimators"]
+    strip = lambda result: {"verdict": result["verdict"], "metrics": result["metrics"],  # noqa: E731
+                            "sentence": result["sentence"]}
+    return _jsonable({
         "title": data.get("title"),
         "distilled_layer": data.get("distilled_layer"),
+        "estimators": estimators,
+        "bootstrap": verdicts["bootstrap"],
         "layers": {
-            layer: {role: _model_metrics(models.get(role), role) for role in ("teacher", "student", "baseline")}
-            for layer, models in layers.items()
+            layer: {est: {role: _model_metrics(((by_est or {}).get(est) or {}).get(role), role)
+                          for role in _roles((by_est or {}).get(est) or {})}
+                    for est in estimators}
+            for layer, by_est in layers.items()
         },
-        "hypotheses": {h: verdicts[h] for h in HYPOTHESES},
-        "hypothesis_sentences": verdicts["sentences"],
+        "hypotheses": {"primary": verdicts["primary"],
+                       **{est: {h: strip(r) for h, r in by_h.items()}
+                          for est, by_h in verdicts["by_estimator"].items()}},
+        "estimators_agree": verdicts["agreement"],
         "per_layer_hypotheses": {
-            layer: {h: v[h] for h in HYPOTHESES} for layer, v in verdicts["per_layer"].items()
+            layer: {est: {h: v[h]["verdict"] for h in HYPOTHESES} for est, v in by_est.items()}
+            for layer, by_est in verdicts["per_layer"].items()
         },
-        "settings": _jsonable(data.get("settings") or {}),
-        "timing": _jsonable(data.get("timing") or {}),
-    }
+        "comparisons": {layer: {est: v["comparisons"] for est, v in by_est.items()}
+                        for layer, by_est in verdicts["per_layer"].items()},
+        "teacher_vs_random": versus,
+        "settings": data.get("settings") or {},
+        "timing": data.get("timing") or {},
+    })
 
 
 def _value(key: str, value: Any) -> str:
@@ -94,15 +146,24 @@ def _value(key: str, value: Any) -> str:
     return "–" if value is None else str(value)
 
 
-def _what_was_run(data: Mapping) -> str:
-    layers = list((data.get("layers") or {}).keys())
+def _what_was_run(data: Mapping, norm: Mapping) -> str:
+    layers = list(norm["layers"].keys())
     settings, timing = data.get("settings") or {}, data.get("timing") or {}
     samples = timing.get("samples", settings.get("samples"))
+    estimators = norm["estimators"]
+    has_random = any("random" in (models or {}) for by_est in norm["layers"].values()
+                     for models in (by_est or {}).values())
     text = (
         f"A teacher (T), a student distilled from it at layer {data.get('distilled_layer')} (S), and a baseline "
         f"with the student's architecture trained from scratch (B) were compared at layer(s) {', '.join(layers) or '–'}"
         + (f" on {samples} samples." if samples is not None else ".")
     )
+    if has_random:
+        text += " The teacher's architecture with its random initial weights (R) is the reference for nothing learned."
+    if estimators:
+        text += (f" Knowledge points were measured with {len(estimators)} estimator"
+                 f"{'s' if len(estimators) > 1 else ''}: {estimators[0]} (primary)"
+                 + "".join(f", {e}" for e in estimators[1:]) + ".")
     if settings:
         text += " Settings: " + "; ".join(f"{k} = {_value(k, v)}" for k, v in settings.items()) + "."
     if timing:
@@ -110,25 +171,59 @@ def _what_was_run(data: Mapping) -> str:
     return text
 
 
-def _verdict_word(v: bool | None) -> str:
-    return "–" if v is None else ("holds" if v else "does not hold")
-
-
-def _blocks(data: Mapping, verdicts: Mapping, figure_paths: Mapping[str, list]) -> list[tuple]:
-    layers = data.get("layers") or {}
-    blocks: list[tuple] = [("h1", data.get("title") or "kdlens report"), ("h2", "What was run"), ("p", _what_was_run(data))]
+def _blocks(data: Mapping, norm: Mapping, verdicts: Mapping, versus: Mapping,
+            figure_paths: Mapping[str, list]) -> list[tuple]:
+    layers, estimators = norm["layers"], verdicts["estimators"]
+    boot = verdicts["bootstrap"]
+    blocks: list[tuple] = [("h1", data.get("title") or "kdlens report"), ("h2", "What was run"),
+                           ("p", _what_was_run(data, norm))]
     blocks += [("h2", "Verdicts on the paper's three hypotheses"),
                ("p", f"Decided at the distilled layer {verdicts['layer']}, as the paper's Table 5 focuses on "
-                     "distillation from intermediate-layer features."),
+                     f"distillation from intermediate-layer features, with the primary estimator "
+                     f"({verdicts['primary'] or '–'}). Each comparison of S and B is a paired bootstrap "
+                     f"{level_text(boot['level'])} confidence interval of S − B over the analysed images "
+                     f"({boot['resamples']} resamples): it holds when the interval lies on the better side of 0, "
+                     "does not hold when it lies on the worse side, and is inconclusive when it contains 0."),
                ("ul", [verdicts["sentences"][h] for h in HYPOTHESES])]
-    rows = [[layer + (" (distilled)" if layer == verdicts["layer"] else "")] + [_verdict_word(v[h]) for h in HYPOTHESES]
-            for layer, v in verdicts["per_layer"].items()]
-    blocks.append(("grid", ["Layer", "H1", "H2", "H3"], rows))
-    blocks += [("h2", "Student vs baseline (cf. paper Table 5)"),
-               ("raw", markdown_table(layers), html_table(layers))]
+    if verdicts["agreement_sentences"]:
+        blocks.append(("p", " ".join(verdicts["agreement_sentences"])))
+    for est in estimators[1:]:
+        blocks += [("h3", f"With the {est} estimator"),
+                   ("ul", [verdicts["by_estimator"][est][h]["sentence"] for h in HYPOTHESES])]
+    blocks.append(("h3", "Per layer and estimator"))
+    head = ["Layer"] + [f"{h.upper()} ({est})" for h in HYPOTHESES for est in estimators]
+    rows = [[layer + (" (distilled)" if layer == verdicts["layer"] else "")]
+            + [by_est[est][h]["verdict"] for h in HYPOTHESES for est in estimators]
+            for layer, by_est in verdicts["per_layer"].items()]
+    blocks.append(("grid", head, rows))
+
+    blocks += [("h2", "Teacher vs random weights"),
+               ("p", "Whether the teacher encodes more foreground knowledge points than the same architecture with "
+                     "its random initial weights (R, nothing learned): T − R with its paired bootstrap "
+                     f"{level_text(boot['level'])} interval, more / fewer when the interval excludes 0, "
+                     "inconclusive when it contains 0.")]
+    rows = []
+    for layer, by_est in versus.items():
+        for est, v in by_est.items():
+            n, lam = v["n_fg"], v["lambda"]
+            rows.append([layer, est, fmt(n["teacher"]), fmt(n["random"]),
+                         (fmt_signed(n["difference"]) + " " + fmt_interval(n["low"], n["high"])).strip(), n["verdict"],
+                         fmt(lam["teacher"]), fmt(lam["random"]),
+                         (fmt_signed(lam["difference"]) + " " + fmt_interval(lam["low"], lam["high"])).strip(),
+                         lam["verdict"]])
+    blocks.append(("grid", ["Layer", "Estimator", "N_fg T", "N_fg R", "N_fg T − R", "N_fg", "λ T", "λ R",
+                            "λ T − R", "λ"], rows))
+    blocks.append(("ul", [v["sentence"] for by_est in versus.values() for v in by_est.values()]))
+
+    blocks.append(("h2", "Student vs baseline (cf. paper Table 5)"))
+    for layer, by_est in layers.items():
+        shown = {est: (by_est or {}).get(est) or {} for est in estimators}
+        comparisons = {est: verdicts["per_layer"][layer][est]["comparisons"] for est in estimators}
+        blocks += [("h3", f"Layer {layer}" + (" (distilled)" if layer == verdicts["layer"] else "")),
+                   ("raw", markdown_table(shown, comparisons), html_table(shown, comparisons))]
     blocks.append(("h2", "Figures"))
-    for layer, items in figure_paths.items():
-        blocks.append(("h3", f"Layer {layer}"))
+    for key, items in figure_paths.items():
+        blocks.append(("h3", key))
         blocks += [("figure", rel, caption) for rel, caption in items]
     blocks += [("h2", "How to read this"), ("ul", HOW_TO_READ)]
     return blocks
@@ -157,7 +252,8 @@ def _markdown(blocks: list[tuple]) -> str:
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
 table{border-collapse:collapse;margin:1em 0;font-size:.92em}th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}
-th{background:#f3f3f3}td:first-child,th:first-child,td.model{text-align:left}tr.row-T td{color:#666}
+th{background:#f3f3f3}td:first-child,th:first-child,td.model{text-align:left}tr.row-T td,tr.row-R td{color:#666}
+tr.row-diff td{font-style:italic;white-space:nowrap}
 figure{margin:1.5em 0}img{max-width:100%;border:1px solid #eee}figcaption{font-size:.9em;color:#555}"""
 
 
@@ -187,49 +283,112 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
 
 
-def write_report(out_dir: str | Path, data: Mapping) -> dict[str, Path]:
+def _has_mimic(models: Mapping) -> bool:
+    per_epoch = (models.get("student") or {}).get("per_epoch") or []
+    return any(number(row.get("mimic_accuracy")) is not None for row in per_epoch)
+
+
+def write_report(out_dir: str | Path, data: Mapping, *, bootstrap: Mapping | None = None) -> dict[str, Path]:
     """Write the report for ``data`` into ``out_dir`` and return every written
     file by its path relative to ``out_dir`` ("report.md", "report.html",
-    "metrics.json", "figures/<name>.png").
+    "metrics.json", "figures/<stem>_<layer>_<estimator>.png" with stem maps,
+    points_vs_distance, lambda_vs_accuracy, metrics).
 
-    ``data`` holds ``title``, ``distilled_layer``, ``settings``, ``timing``,
-    ``layers`` ({layer: {"teacher"|"student"|"baseline": summary}}, summaries as
-    built by ``kdlens.discarding.analyze.summarize_role``) and optionally ``maps``
-    ({layer: {"images", "masks", role: {"entropy", "points", "foreground"}}})
-    for the knowledge-point maps.  Missing values are shown as "–"."""
+    ``data``::
+
+        {"title": str, "distilled_layer": str, "settings": {...}, "timing": {...},
+         "estimators": [name, ...],             # the first is the primary one
+         "layers": {layer: {estimator: {role: summary}}},
+         "maps": {layer: {"images": (N,3,H,W) in [0,1], "masks": (N,H,W) bool,
+                          estimator: {role: {"entropy": (N,G,G), "points": (N,G,G) bool,
+                                             "foreground": (N,G,G) bool}}}}}   # optional
+
+    Roles are "teacher", "student", "baseline" and optionally "random" (the
+    teacher's architecture with its random initial weights).  A summary is
+    ``kdlens.discarding.analyze.summarize_role``'s (n_fg, n_bg, lambda,
+    accuracy, epochs, samples, per_epoch with optional "mimic_accuracy", and
+    d_mean, d_var, rho for student / baseline) plus ``per_sample``: {"n_fg",
+    "n_bg", "ratio", "d", "rho"}, each a list of float or None over the same N
+    images in the same order for every role and estimator.  Without
+    per_sample a comparison is "not evaluated" (point values still shown).
+    Data in the older shape without "estimators" is read as one estimator
+    "default".  ``bootstrap`` overrides {"resamples": 2000, "level": 0.95, "seed": 0}.
+
+    metrics.json::
+
+        {"title", "distilled_layer", "estimators": [...],
+         "bootstrap": {"resamples", "level", "seed"},
+         "layers": {layer: {estimator: {role: {"n_fg", "n_bg", "lambda", "accuracy",
+                    ["d_mean", "d_var", "rho" for student / baseline], "epochs", "samples",
+                    "per_epoch", "per_sample", ...}}}},
+         "hypotheses": {"primary": estimator,
+                        estimator: {"h1"|"h2"|"h3": {"verdict": str, "sentence": str,
+                                    "metrics": {key: {"student", "baseline", "difference",
+                                                      "low", "high", "verdict"}}}}},   # at the distilled layer
+         "estimators_agree": {other estimator: {h: bool}},   # same verdict as the primary
+         "per_layer_hypotheses": {layer: {estimator: {h: verdict}}},
+         "comparisons": {layer: {estimator: {key: {"student", "baseline", "difference",
+                                                   "low", "high", "verdict"}}}},   # the six metrics, S − B
+         "teacher_vs_random": {layer: {estimator: {
+                "n_fg": {"teacher", "random", "difference", "low", "high",
+                         "verdict": "more"|"fewer"|"inconclusive"|"not evaluated"},
+                "lambda": {..., "verdict": "higher"|"lower"|"inconclusive"|"not evaluated"},
+                "sentence": str}}},
+         "settings", "timing"}
+
+    A verdict is "holds", "does not hold", "inconclusive" or "not evaluated"
+    (see ``kdlens.report.tables``); differences are S − B (T − R), low / high
+    the bootstrap interval (null where it could not be computed), every
+    non-finite number null.  Missing values are shown as "–" in the reports."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    layers = data.get("layers") or {}
-    maps = data.get("maps") or {}
-    verdicts = hypothesis_verdicts(layers, data.get("distilled_layer"))
+    norm = normalize(data)
+    layers, maps, estimators = norm["layers"], norm["maps"], norm["estimators"]
+    distilled = data.get("distilled_layer")
+    settings = {**BOOTSTRAP, **dict(bootstrap or {})}
+    verdicts = hypothesis_verdicts(layers, distilled, estimators, bootstrap=settings)
+    versus = {layer: {est: teacher_vs_random((by_est or {}).get(est), layer, est, settings) for est in estimators}
+              for layer, by_est in layers.items()}
     written: dict[str, Path] = {}
 
     figure_paths: dict[str, list] = {}
     for layer in list(layers) + [m for m in maps if m not in layers]:
-        items = []
-        plots = []
-        if maps.get(layer) is not None:
-            plots.append(("maps", lambda l=layer: figures.knowledge_point_maps(l, maps[l]),
-                          f"Knowledge points at {layer}: foreground points orange, background points blue (Fig. 3 / 6)"))
-        if layer in layers:
-            plots += [
-                ("points_vs_distance", lambda l=layer: figures.points_vs_distance(l, layers[l]),
-                 f"N_fg (solid) and N_bg (dashed) against weight distance at {layer} (Fig. 4)"),
-                ("lambda_vs_accuracy", lambda l=layer: figures.lambda_vs_accuracy(l, layers[l]),
-                 f"λ against test accuracy over epochs at {layer}, teacher as a star (Fig. 2)"),
-                ("metrics", lambda l=layer: figures.metric_bars(l, layers[l]),
-                 f"The six metrics of Table 5, student vs baseline, at {layer}"),
-            ]
-        for stem, draw, caption in plots:
-            rel = f"figures/{stem}_{_safe(layer)}.png"
-            atomic_write_bytes(out_dir / rel, draw())
-            written[rel] = out_dir / rel
-            items.append((rel, caption))
-        figure_paths[layer] = items
+        layer_maps = maps.get(layer)
+        for est in estimators:
+            models = (layers.get(layer) or {}).get(est)
+            plots = []
+            if layer_maps is not None and layer_maps.get(est) is not None:
+                flat = {"images": layer_maps.get("images"), "masks": layer_maps.get("masks"), **layer_maps[est]}
+                plots.append(("maps", lambda l=layer, f=flat, e=est: figures.knowledge_point_maps(l, f, estimator=e),
+                              f"Knowledge points at {layer} ({est} estimator): foreground points orange, "
+                              "background points blue (Fig. 3 / 6)"))
+            if models is not None:
+                plots += [
+                    ("points_vs_distance",
+                     lambda l=layer, m=models, e=est: figures.points_vs_distance(l, m, estimator=e),
+                     f"N_fg (solid) and N_bg (dashed) against weight distance at {layer} ({est} estimator, Fig. 4)"),
+                    ("lambda_vs_accuracy",
+                     lambda l=layer, m=models, e=est: figures.lambda_vs_accuracy(l, m, distilled_layer=distilled,
+                                                                                 estimator=e),
+                     f"λ against accuracy over epochs at {layer} ({est} estimator), teacher as a star, random "
+                     "weights as a cross (Fig. 2)" + (
+                         f"; during distillation (hollow markers) the student's accuracy is read through the "
+                         f"teacher's layers above {distilled}" if _has_mimic(models) else "")),
+                    ("metrics", lambda l=layer, m=models, e=est: figures.metric_bars(l, m, estimator=e),
+                     f"The six metrics of Table 5, student vs baseline, at {layer} ({est} estimator)"),
+                ]
+            items = []
+            for stem, draw, caption in plots:
+                rel = f"figures/{stem}_{_safe(layer)}_{_safe(est)}.png"
+                atomic_write_bytes(out_dir / rel, draw())
+                written[rel] = out_dir / rel
+                items.append((rel, caption))
+            if items:
+                figure_paths[f"Layer {layer}, {est} estimator"] = items
 
-    atomic_write_json(out_dir / "metrics.json", metrics_document(data, verdicts))
+    atomic_write_json(out_dir / "metrics.json", metrics_document(data, verdicts, versus, norm))
     written["metrics.json"] = out_dir / "metrics.json"
-    blocks = _blocks(data, verdicts, figure_paths)
+    blocks = _blocks(data, norm, verdicts, versus, figure_paths)
     atomic_write_text(out_dir / "report.md", _markdown(blocks))
     written["report.md"] = out_dir / "report.md"
     atomic_write_text(out_dir / "report.html", _html(blocks, data.get("title") or "kdlens report"))
