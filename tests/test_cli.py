@@ -23,7 +23,10 @@ def test_train_command_trains_and_resumes(tmp_path, capsys):
     assert main(analyze) == 0
     printed = capsys.readouterr().out
     assert "baseline" in printed and "n_fg" in printed
-    assert list((out / "analysis").glob("fc1-*/summary-b0.2.json"))
+    assert list((out / "analysis").glob("fc1-*/summary-b1std-sample.json"))  # converged: 1 background std
+    assert main([*analyze, "--estimator", "paper", "--baseline", "dataset"]) == 0
+    assert "estimator paper" in capsys.readouterr().out
+    assert list((out / "analysis").glob("fc1-*/summary-b0.2-dataset.json"))
     assert main([*analyze[:2], "--layer", "fc7", *analyze[2:]]) == 2
     assert "no layer 'fc7'" in capsys.readouterr().err
 

@@ -24,11 +24,12 @@ def test_quick_demo_writes_the_whole_report(tmp_path):
     for name in ("report.md", "report.html", "metrics.json"):
         assert (tmp_path / name).is_file() and name in files
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert set(metrics["hypotheses"]) == {"h1", "h2", "h3"}
-    for layer in ("fc1", "conv"):
-        models = metrics["layers"][layer]
-        for key in ("n_fg", "n_bg", "lambda", "accuracy"):
-            assert all(key in models[role] for role in ("teacher", "student", "baseline"))
-        for key in ("d_mean", "d_var", "rho"):
-            assert all(key in models[role] for role in ("student", "baseline"))
+    assert metrics["hypotheses"]["primary"] == "converged"
+    assert set(metrics["hypotheses"]["converged"]) == {"h1", "h2", "h3"}
+    for estimator in ("converged", "paper"):
+        models = metrics["layers"]["fc1"][estimator]
+        for key in ("n_fg", "n_bg", "lambda", "accuracy", "per_sample"):
+            assert all(key in models[role] for role in ("teacher", "student", "baseline", "random"))
+    for key in ("d_mean", "d_var", "rho"):  # the paper estimator measures the last checkpoints only
+        assert all(key in metrics["layers"]["fc1"]["converged"][role] for role in ("student", "baseline"))
     assert list((tmp_path / "figures").glob("*.png"))

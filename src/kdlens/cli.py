@@ -42,14 +42,19 @@ def _analyze(args: argparse.Namespace) -> int:
     run = RunDirectory(args.run)
     if not run.config_path.is_file():
         raise FileNotFoundError(f"{args.run!r} is not a kdlens run directory (no config.yaml)")
-    settings = AnalysisSettings(layer=args.layer, grid=args.grid, threshold=args.threshold, steps=args.steps)
+    settings = AnalysisSettings(layer=args.layer, estimator=args.estimator, grid=args.grid, threshold=args.threshold,
+                                baseline=args.baseline, steps=args.steps)
     analyses = analyze_run(run, settings, args.samples, split=args.split, max_epochs=args.max_epochs,
                            progress=not args.quiet)
     summaries = {role: summarize_role(analysis, settings) for role, analysis in analyses.items()}
-    out = run.root / "analysis" / f"{settings.layer}-{settings.key()}" / f"summary-b{settings.threshold}.json"
+    rule = next(iter(summaries.values()))["rule"]
+    b = f"{rule['threshold']:g}" + (" x background std" if rule["relative"] else "")
+    out = (run.root / "analysis" / f"{settings.layer}-{settings.key()}"
+           / f"summary-b{rule['threshold']:g}{'std' if rule['relative'] else ''}-{settings.baseline}.json")
     atomic_write_json(out, summaries)
     keys = ("n_fg", "n_bg", "lambda", "d_mean", "d_var", "rho", "accuracy")
-    print(f"layer {args.layer}, {args.samples} {args.split} samples, grid {args.grid}x{args.grid}, b = {args.threshold}")
+    print(f"layer {args.layer}, estimator {args.estimator}, {args.samples} {args.split} samples, "
+          f"grid {args.grid}x{args.grid}, b = {b}, H_bar per {args.baseline}")
     print(f"{'':9s}" + "".join(f"{k:>10s}" for k in keys))
     for role, summary in summaries.items():
         cells = (summary.get(k) for k in keys)
@@ -62,7 +67,8 @@ def _demo(args: argparse.Namespace) -> int:
     from kdlens.experiment import run_demo
 
     began = time.perf_counter()
-    files = run_demo(args.out, quick=args.quick, split=args.split, progress=not args.quiet)
+    files = run_demo(args.out, quick=args.quick, split=args.split, progress=not args.quiet,
+                     estimators=args.estimator.split(",") if args.estimator else None)
     print(f"demo finished in {time.perf_counter() - began:.0f}s")
     for name, path in files.items():
         print(f"  {name:10s} {path}")
@@ -80,6 +86,19 @@ def _compare(args: argparse.Namespace) -> int:
     print((out / "table.md").read_text())
     for name, path in files.items():
         print(f"  {name:24s} {path}")
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from kdlens.validate import format_report, run_validation
+
+    began = time.perf_counter()
+    summary = run_validation(args.out, quick=args.quick, progress=not args.quiet)
+    print(f"validate finished in {time.perf_counter() - began:.0f}s"
+          + (" (quick)" if args.quick else ""))
+    print(format_report(summary))
+    for name, path in summary["files"].items():
+        print(f"  {name:8s} {path}")
     return 0
 
 
@@ -103,8 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
                          help="where the samples come from (the paper used training images)")
     analyze.add_argument("--max-epochs", type=int, help="analyse at most this many checkpoints per model")
     analyze.add_argument("--grid", type=int, default=16, help="units: a GxG grid over the image (default 16)")
-    analyze.add_argument("--threshold", type=float, default=0.2, help="b, the knowledge-point threshold (default 0.2)")
-    analyze.add_argument("--steps", type=int, default=300, help="optimisation steps from a cold start (default 300)")
+    analyze.add_argument("--estimator", default="converged", choices=["converged", "paper"],
+                         help="converged: kdlens's optimum of Eq. 4 (default); paper: the authors' recipe")
+    analyze.add_argument("--threshold", type=float, default=None,
+                         help="b: the estimator's default when omitted (converged: 1 background std; paper: 0.2, "
+                              "0.25 for AlexNet)")
+    analyze.add_argument("--baseline", default="sample", choices=["sample", "dataset"],
+                         help="H_bar per sample (the paper's text, default) or over the analysed samples (the authors' code)")
+    analyze.add_argument("--steps", type=int, default=300,
+                         help="converged estimator: optimisation steps from a cold start (default 300)")
     analyze.add_argument("--quiet", action="store_true", help="no progress output")
     analyze.set_defaults(handler=_analyze)
 
@@ -119,8 +145,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="a smaller version for smoke tests")
     demo.add_argument("--split", default="train", choices=["train", "test"],
                       help="where the analysed samples come from (the paper used training images)")
+    demo.add_argument("--estimator", help="converged, paper, or both comma-separated (default: converged,paper)")
     demo.add_argument("--quiet", action="store_true", help="no progress output")
     demo.set_defaults(handler=_demo)
+
+    validate = commands.add_parser(
+        "validate", help="check the knowledge-point measurement on planted knowledge (object vs background cue)")
+    validate.add_argument("--out", required=True, help="output directory; trained networks in it are reused")
+    validate.add_argument("--quick", action="store_true", help="a smaller version (about a minute on 2 cores)")
+    validate.add_argument("--quiet", action="store_true", help="no progress output")
+    validate.set_defaults(handler=_validate)
     return parser
 
 

@@ -181,6 +181,30 @@ class StudentConfig(Strict):
         return path
 
 
+class AnalysisConfig(Strict):
+    """How ``kdlens demo`` and ``kdlens analyze`` measure knowledge points by default."""
+
+    estimators: list[Literal["converged", "paper"]] = Field(
+        ["converged"], min_length=1,
+        description="converged: kdlens's optimum of Eq. 4; paper: the authors' recipe. The first is the primary one",
+    )
+    baseline: Literal["sample", "dataset"] = Field(
+        "sample", description="H_bar per sample (the paper's text) or averaged over the analysed samples (the authors' code)"
+    )
+    samples: int = Field(16, ge=1)
+    grid: int = Field(16, ge=1)
+    paper_final_only: bool = Field(
+        False, description="measure the paper estimator at the last checkpoint of each model only (it costs 4-6x more)"
+    )
+
+    @field_validator("estimators")
+    @classmethod
+    def _distinct(cls, estimators: list[str]) -> list[str]:
+        if len(set(estimators)) != len(estimators):
+            raise ValueError("expected each estimator at most once")
+        return estimators
+
+
 class ExperimentConfig(Strict):
     seed: int = 0
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
@@ -193,6 +217,7 @@ class ExperimentConfig(Strict):
     teacher: OptimConfig = OptimConfig()
     baseline: OptimConfig = OptimConfig()
     student: StudentConfig = StudentConfig()
+    analysis: AnalysisConfig = AnalysisConfig()
 
     @field_validator("data", mode="before")
     @classmethod
@@ -283,5 +308,11 @@ def load_config(path: str | Path) -> ExperimentConfig:
     return parse_config(read_yaml(path), source=str(path))
 
 
-def dump_config(config: ExperimentConfig) -> str:
-    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+def dump_config(config: ExperimentConfig, training_only: bool = False) -> str:
+    """The resolved config as YAML; ``training_only`` leaves out ``analysis``,
+    which does not change what training makes (a run directory keeps this
+    form, so measuring it another way never blocks resuming its training)."""
+    data = config.to_dict()
+    if training_only:
+        data.pop("analysis", None)
+    return yaml.safe_dump(data, sort_keys=False)

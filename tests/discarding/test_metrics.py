@@ -28,6 +28,30 @@ def example_points(valid=None):
     return knowledge_points(entropy, fg, b=0.2, valid=valid)
 
 
+def test_relative_threshold_by_hand_and_scale_free():
+    # bg {2, 3} = [0, 2]: H_bar 1, population std 1; fg 0.5 and -0.5
+    entropy = torch.tensor([[0.5, -0.5, 0.0, 2.0]])
+    fg = torch.tensor([[T, T, F, F]])
+    relative = knowledge_points(entropy, fg, b=1.0, relative=True)
+    assert relative.threshold.tolist() == [1.0]
+    assert relative.is_point.tolist() == [[F, T, F, F]]  # gaps 0.5, 1.5, 1.0 (not > 1), -1
+    absolute = knowledge_points(entropy, fg, b=0.2)
+    assert absolute.is_point.tolist() == [[T, T, T, F]]
+    # spread three times wider: the relative rule finds the same points, the absolute one more
+    assert torch.equal(knowledge_points(3 * entropy + 7, fg, b=1.0, relative=True).is_point, relative.is_point)
+    assert knowledge_points(3 * entropy + 7, fg, b=0.5).is_point.sum() > knowledge_points(entropy, fg, b=0.5).is_point.sum()
+
+
+def test_dataset_baseline_is_the_mean_of_the_sample_baselines():
+    entropy = torch.tensor([[0.0, 1.0, 1.0], [0.0, 3.0, 3.0], [5.0, 5.0, 5.0]])
+    fg = torch.tensor([[T, F, F], [T, F, F], [T, T, T]])  # the third has no background: left out
+    kp = knowledge_points(entropy, fg, b=0.2, baseline="dataset")
+    assert kp.h_bar[:2].tolist() == [2.0, 2.0] and kp.h_bar[2] == -math.inf
+    assert kp.is_point.tolist() == [[T, T, T], [T, F, F], [F, F, F]]
+    with pytest.raises(ValueError, match="'image'"):
+        knowledge_points(entropy, fg, baseline="image")
+
+
 def test_knowledge_points_by_hand():
     kp = example_points()
     assert kp.defined.tolist() == [T, T, F, T]

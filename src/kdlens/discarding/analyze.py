@@ -3,16 +3,27 @@
 For one role (teacher, baseline, student) and one layer, the information
 discarding of a fixed set of samples is computed at each chosen checkpoint and
 written to ``RUN/analysis/<layer>-<key>/<role>/epoch_XXX.pt`` (``key`` is a hash
-of the engine settings, so other settings never read stale results). A cached
-checkpoint is not computed again; asking for more samples computes only the
-new ones; an interrupted analysis resumes where it stopped.
+of the estimator and its settings, so other settings never read stale
+results). A cached checkpoint is not computed again; asking for more samples
+computes only the new ones; an interrupted analysis resumes where it stopped.
 
-Which checkpoints: those at which the layer's weights changed (a student's
+Which samples: training images that the student and the baseline trained on
+(the run's ``student_split``; the teacher saw them too), as the authors
+analysed training images; ``split="test"`` draws from the test set instead.
+
+Which checkpoints: every one at which the layer's weights changed (a student's
 layers up to the distilled layer stay fixed in its classification phase, so
-those epochs would repeat the same answer), optionally thinned to
-``max_epochs`` evenly spaced ones, always with the initialisation and the last.
-Successive checkpoints are close, so each is warm-started from the sigma of the
-previous analysed one with fewer steps.
+those epochs would repeat the same answer). D_mean, D_var and rho are defined
+over every epoch (m_hat is an argmax over epochs and rho's union runs over
+all of them), so thinning (``max_epochs``) changes them; it is there for a
+quick look only and the summary says when it was used.
+
+Warm starts (converged estimator): each checkpoint after the first may start
+from the sigma of the previous analysed one, with ``warm_steps`` steps at the
+full lr and the same decay; the first half of them can move log sigma by up
+to lr * warm_steps / 2 = 3.75, more than successive checkpoints differ.
+``warm_start=False`` starts every checkpoint cold. The paper estimator always
+starts cold, as the recipe does.
 
 The weights w of the dynamics metrics (Sec. 3.3) are the parameters of the
 stages up to the analysed layer: exactly what determines that layer's feature.
@@ -25,47 +36,84 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
-from typing import Optional, Sequence
+from typing import Literal, Optional, Sequence
 
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from kdlens.builders import build_datasets, build_network
+from kdlens.builders import build_datasets, build_network, student_split
 from kdlens.config import load_config
-from kdlens.discarding.dynamics import d_mean_var, stability, weight_distances
-from kdlens.discarding.estimator import HALF_LOG_2PIE, information_discarding
-from kdlens.discarding.knowledge_points import foreground_ratio, knowledge_points
+from kdlens.discarding.dynamics import distance_to_peak, stability, weight_distances
+from kdlens.discarding.estimator import HALF_LOG_2PIE, check_estimator, information_discarding
+from kdlens.discarding.knowledge_points import DEFAULT_RULES, PointRule, foreground_ratio, knowledge_points
+from kdlens.discarding.mimic import mimic_accuracies
+from kdlens.discarding.paper import paper_defaults
 from kdlens.discarding.units import foreground_units, grid_units, unit_foreground_share
 from kdlens.seeding import derive_seed
 from kdlens.store import RunDirectory, atomic_torch_save, atomic_write_json
 
-ROLES_ANALYSED = ("teacher", "student", "baseline")
+ROLES_ANALYSED = ("teacher", "student", "baseline")  # and "random", the teacher at epoch 0
 
 
 @dataclass(frozen=True)
 class AnalysisSettings:
-    """How knowledge points are measured. ``threshold`` is the paper's b and
-    ``foreground_rule`` the share of a unit's pixels on the object that makes it
-    a foreground unit; neither changes the cached sigmas."""
+    """How knowledge points are measured.
+
+    ``estimator``: "converged" (kdlens's optimum) or "paper" (the authors'
+    recipe, whose own settings are fixed; ``entropy_weight`` None takes the
+    authors' value for the architecture). ``threshold`` None takes the
+    estimator's rule (``DEFAULT_RULES``; b = 0.25 for AlexNet under "paper"),
+    ``baseline`` says which H_bar; ``foreground_rule`` is the share of a unit's
+    pixels on the object that makes it a foreground unit. Those three do not
+    change the cached sigmas. ``steps`` .. ``sigma_max`` are the converged
+    estimator's."""
 
     layer: str = "fc1"
+    estimator: str = "converged"
     grid: int = 16
-    threshold: float = 0.2
+    threshold: Optional[float] = None
+    baseline: Literal["sample", "dataset"] = "sample"
     foreground_rule: float = 0.5
     steps: int = 300
     lr: float = 0.05
-    warm_steps: int = 100
-    warm_lr: float = 0.01
+    warm_start: bool = True
+    warm_steps: int = 150
     alpha: float = 2.0
     tau: float = 0.1
+    sigma_max: float = 1.0
     noise_samples: int = 8
+    entropy_weight: Optional[float] = None
     batch_size: int = 16
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        check_estimator(self.estimator)
+        self.rule("vgg")  # validates threshold and baseline
+
+    def rule(self, arch: str) -> PointRule:
+        """The knowledge-point rule for a network of architecture ``arch``."""
+        default = DEFAULT_RULES[self.estimator]
+        threshold = self.threshold
+        if threshold is None:
+            threshold = paper_defaults(arch)[1] if self.estimator == "paper" else default.threshold
+        return PointRule(threshold, default.relative, self.baseline)
+
+    def engine_options(self, arch: str, warm: bool) -> dict:
+        """The keywords of ``information_discarding`` for a cold or warm start."""
+        if self.estimator == "paper":
+            weight = self.entropy_weight if self.entropy_weight is not None else paper_defaults(arch)[0]
+            return {"entropy_weight": weight}
+        return {"alpha": self.alpha, "tau": self.tau, "sigma_max": self.sigma_max, "lr": self.lr,
+                "noise_samples": self.noise_samples, "steps": self.warm_steps if warm else self.steps}
+
     def key(self) -> str:
-        engine = {k: v for k, v in asdict(self).items() if k not in ("threshold", "foreground_rule")}
+        kept = ("layer", "estimator", "grid", "seed", "batch_size") + (
+            ("entropy_weight",) if self.estimator == "paper" else
+            ("steps", "lr", "warm_start", "warm_steps", "alpha", "tau", "sigma_max", "noise_samples")
+        )
+        engine = {k: getattr(self, k) for k in kept}
         return hashlib.sha256(json.dumps(engine, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -83,14 +131,30 @@ class RoleAnalysis:
     test_accuracy: list[float]
     indices: list[int]
     final_accuracy: float  # of the role's last checkpoint, analysed or not
+    arch: str = "vgg11"
+    phases: list[str] | None = None  # the training phase of each analysed checkpoint
+    mimic_accuracy: list[Optional[float]] | None = None  # the student's feature through the teacher's upper layers
+    thinned: bool = False  # checkpoints at which the layer changed were left out
 
 
-def analysis_indices(size: int, count: int, seed: int) -> list[int]:
-    """A fixed random set of ``count`` sample indices; a larger count extends a smaller one."""
-    if not 1 <= count <= size:
-        raise ValueError(f"samples = {count}: expected between 1 and the split's size {size}")
-    order = torch.randperm(size, generator=torch.Generator().manual_seed(derive_seed(seed, "analysis")))
-    return order[:count].tolist()
+def analysis_indices(size: int, count: int, seed: int, pool: Optional[Sequence[int]] = None) -> list[int]:
+    """A fixed random set of ``count`` sample indices out of ``pool`` (default:
+    all ``size``); a larger count extends a smaller one."""
+    pool = list(range(size)) if pool is None else list(pool)
+    if not 1 <= count <= len(pool):
+        raise ValueError(f"samples = {count}: expected between 1 and the {len(pool)} images to draw from")
+    order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(derive_seed(seed, "analysis")))
+    return [int(pool[i]) for i in order[:count]]
+
+
+def sample_indices(config, train_set: Dataset, test_set: Dataset, count: int, split: str) -> list[int]:
+    """The analysed images of a run: from the student's share of the training
+    set (the images the student and the baseline trained on), or from the test set."""
+    if split == "test":
+        return analysis_indices(len(test_set), count, config.seed)
+    shared = student_split(config, train_set)
+    pool = getattr(shared, "indices", range(len(train_set)))
+    return analysis_indices(len(train_set), count, config.seed, pool)
 
 
 def _stage_prefixes(model, layer: str) -> tuple[str, ...]:
@@ -118,7 +182,7 @@ class _Cache:
 
     def load(self, role: str, epoch: int) -> dict[int, dict]:
         path = self.path(role, epoch)
-        return torch.load(path, weights_only=False) if path.is_file() else {}
+        return torch.load(path, weights_only=True) if path.is_file() else {}
 
     def save(self, role: str, epoch: int, records: dict[int, dict]) -> None:
         atomic_torch_save(records, self.path(role, epoch))
@@ -150,7 +214,7 @@ def analyze_role(
         raise FileNotFoundError(f"{store.checkpoints} has no checkpoints; train the {role} first")
     train_set, test_set = datasets or build_datasets(config)
     dataset = train_set if split == "train" else test_set
-    indices = analysis_indices(len(dataset), sample_count, config.seed)
+    indices = sample_indices(config, train_set, test_set, sample_count, split)
     samples = [dataset[i] for i in indices]
     images = torch.stack([s.image for s in samples])
     masks = torch.stack([s.mask for s in samples])
@@ -160,15 +224,16 @@ def analyze_role(
 
     model_config = config.resolved_teacher_model if role == "teacher" else config.model
     model = build_network(model_config, config, len(dataset.classes), init=role)
+    arch, rule = model_config.arch, settings.rule(model_config.arch)
     prefixes = _stage_prefixes(model, settings.layer)
     parameter_names = [n for n, _ in model.named_parameters() if n.startswith(prefixes)]
 
     # One pass over every checkpoint: the layer's weights, whether they moved.
-    layer_states, changed, metrics = {}, [], {}
+    layer_states, changed, metrics, phases = {}, [], {}, {}
     for epoch in available:
         state = store.load(epoch)
         layer_states[epoch] = {k: v for k, v in state["model"].items() if k.startswith(prefixes)}
-        metrics[epoch] = state["metrics"]
+        metrics[epoch], phases[epoch] = state["metrics"], state.get("phase", "train")
         previous = layer_states.get(changed[-1]) if changed else None
         if previous is None or any(not torch.equal(v, previous[k]) for k, v in layer_states[epoch].items()):
             changed.append(epoch)
@@ -177,11 +242,13 @@ def analyze_role(
 
     if epochs is None:
         chosen = _thin(changed, max_epochs)
+        thinned = len(chosen) < len(changed)
     else:
         missing = sorted(set(epochs) - set(available))
         if missing:
             raise ValueError(f"epochs {missing} have no checkpoint in {store.checkpoints}; it has {available}")
         chosen = sorted(set(epochs))
+        thinned = False
 
     cache = _Cache(run, settings)
     position = {index: k for k, index in enumerate(indices)}
@@ -195,14 +262,14 @@ def analyze_role(
             model.load_state_dict(layer_states[epoch], strict=False)
             for start in range(0, len(todo), settings.batch_size):
                 chunk = todo[start : start + settings.batch_size]
-                warm = all(i in previous_records for i in chunk)
+                warm = (settings.estimator == "converged" and settings.warm_start
+                        and all(i in previous_records for i in chunk))
+                options = settings.engine_options(arch, warm)
+                if warm:
+                    options["init_sigma"] = torch.stack([previous_records[i]["sigma"] for i in chunk])
                 result = information_discarding(
                     model, images[[position[i] for i in chunk]], settings.layer, units,
-                    alpha=settings.alpha, tau=settings.tau, noise_samples=settings.noise_samples,
-                    steps=settings.warm_steps if warm else settings.steps,
-                    lr=settings.warm_lr if warm else settings.lr,
-                    init_sigma=torch.stack([previous_records[i]["sigma"] for i in chunk]) if warm else None,
-                    seed=derive_seed(settings.seed, role, epoch, chunk[0]),
+                    estimator=settings.estimator, seed=derive_seed(settings.seed, role, epoch, chunk[0]), **options,
                 )
                 for k, i in enumerate(chunk):
                     records[i] = {
@@ -214,6 +281,11 @@ def analyze_role(
         previous_records = records
 
     sigma = torch.stack([torch.stack([r[i]["sigma"] for i in indices]) for r in rows])
+    mimic = None
+    if role == "student" and any(phases[e] == "distill" for e in chosen):
+        mimic = mimic_accuracies(run, config, settings.layer, {e: layer_states[e] for e in chosen if phases[e] == "distill"},
+                                 test_set)
+        mimic = [mimic.get(e) for e in chosen]
     return RoleAnalysis(
         role=role,
         epochs=list(chosen),
@@ -224,6 +296,10 @@ def analyze_role(
         test_accuracy=[metrics[e]["test_accuracy"] for e in chosen],
         indices=indices,
         final_accuracy=metrics[available[-1]]["test_accuracy"],
+        arch=arch,
+        phases=[phases[e] for e in chosen],
+        mimic_accuracy=mimic,
+        thinned=thinned,
     )
 
 
@@ -236,37 +312,63 @@ def analyze_run(
     max_epochs: Optional[int] = None,
     datasets: Optional[tuple[Dataset, Dataset]] = None,
     progress: bool = True,
+    final_only: bool = False,
 ) -> dict[str, RoleAnalysis]:
     """:func:`analyze_role` for every trained role of a run: the teacher at its
-    last checkpoint, the student and the baseline over their epochs."""
+    last checkpoint, the student and the baseline over their epochs (at their
+    last only with ``final_only``: no dynamics metrics then), and
+    "random": the teacher's architecture at its initial weights (epoch 0),
+    the reference for "nothing learned"."""
     run = RunDirectory(run) if not isinstance(run, RunDirectory) else run
     if datasets is None:
         datasets = build_datasets(load_config(run.config_path))
     analyses = {}
     for role in ROLES_ANALYSED:
         latest = run.role(role).latest()
-        if latest is not None:
-            analyses[role] = analyze_role(
-                run, role, settings, sample_count, split=split, max_epochs=max_epochs, datasets=datasets,
-                epochs=[latest] if role == "teacher" else None, progress=progress,
-            )
+        if latest is None:
+            continue
+        common = dict(split=split, max_epochs=max_epochs, datasets=datasets, progress=progress)
+        if role == "teacher":
+            analyses[role] = analyze_role(run, role, settings, sample_count, epochs=[latest], **common)
+            if 0 in run.role(role).epochs():
+                random = analyze_role(run, role, settings, sample_count, epochs=[0], **common)
+                random.role = "random"
+                analyses["random"] = random
+        else:
+            analyses[role] = analyze_role(run, role, settings, sample_count,
+                                          epochs=[latest] if final_only else None, **common)
     return analyses
+
+
+def _listed(values: Tensor, defined: Tensor) -> list[Optional[float]]:
+    return [float(v) if ok else None for v, ok in zip(values.tolist(), defined.tolist())]
+
+
+def role_points(analysis: RoleAnalysis, settings: AnalysisSettings) -> list:
+    """The knowledge points of every analysed epoch under the settings' rule."""
+    rule = settings.rule(analysis.arch)
+    return [
+        knowledge_points(analysis.entropy[row], analysis.foreground, rule.threshold, valid=analysis.valid[row],
+                         relative=rule.relative, baseline=rule.baseline)
+        for row in range(len(analysis.epochs))
+    ]
 
 
 def summarize_role(analysis: RoleAnalysis, settings: AnalysisSettings) -> dict:
     """The paper's metrics for one role: N_fg, N_bg and lambda at the last
     analysed epoch and their course over epochs; when the initialisation and at
-    least two epochs were analysed, also D_mean, D_var (Eq. 8) and rho (Eq. 9)."""
-    points = [
-        knowledge_points(analysis.entropy[row], analysis.foreground, settings.threshold, valid=analysis.valid[row])
-        for row in range(len(analysis.epochs))
-    ]
+    least two epochs were analysed, also D_mean, D_var (Eq. 8) and rho (Eq. 9).
+    ``per_sample`` holds each analysed image's values (None where undefined),
+    for the report's bootstrap intervals."""
+    points = role_points(analysis, settings)
+    rule = settings.rule(analysis.arch)
     per_epoch = []
     for row, (epoch, p) in enumerate(zip(analysis.epochs, points)):
         used = p.defined
         ratio, excluded = foreground_ratio(p.n_fg[used], p.n_bg[used])
-        per_epoch.append({
+        entry = {
             "epoch": epoch,
+            "phase": analysis.phases[row] if analysis.phases else None,
             "n_fg": p.n_fg[used].float().mean().item() if used.any() else None,
             "n_bg": p.n_bg[used].float().mean().item() if used.any() else None,
             "lambda": ratio,
@@ -274,19 +376,33 @@ def summarize_role(analysis: RoleAnalysis, settings: AnalysisSettings) -> dict:
             "undefined_samples": int((~used).sum()),
             "test_accuracy": analysis.test_accuracy[row],
             "weight_distance": analysis.distances[row].item(),
-        })
-    last = per_epoch[-1]
+        }
+        if analysis.mimic_accuracy is not None and analysis.mimic_accuracy[row] is not None:
+            entry["mimic_accuracy"] = analysis.mimic_accuracy[row]
+        per_epoch.append(entry)
+    last, final = per_epoch[-1], points[-1]
+    total = final.n_fg + final.n_bg
     summary = {
-        "epochs": analysis.epochs, "samples": len(analysis.indices),
+        "epochs": analysis.epochs, "samples": len(analysis.indices), "indices": analysis.indices,
         "n_fg": last["n_fg"], "n_bg": last["n_bg"], "lambda": last["lambda"],
         # The model's own accuracy: a student analysed at its distilled layer
         # stops changing there before its head is trained.
         "accuracy": analysis.final_accuracy, "per_epoch": per_epoch,
+        "rule": {"threshold": rule.threshold, "relative": rule.relative, "baseline": rule.baseline},
+        "thinned": analysis.thinned,
+        "per_sample": {
+            "n_fg": _listed(final.n_fg.double(), final.defined),
+            "n_bg": _listed(final.n_bg.double(), final.defined),
+            "ratio": _listed(final.n_fg.double() / total.clamp(min=1).double(), final.defined & (total > 0)),
+        },
     }
     if len(analysis.epochs) >= 3 and analysis.epochs[0] == 0:
         defined = torch.stack([p.defined for p in points]).all(0)
         n_fg = torch.stack([p.n_fg for p in points])
-        d_mean, d_var = d_mean_var(n_fg, analysis.distances, mask=defined)
+        distance = distance_to_peak(n_fg, analysis.distances)
         rho = stability(torch.stack([p.fg_points & p.defined[:, None] for p in points]))
-        summary.update(d_mean=d_mean, d_var=d_var, rho=rho.mean)
+        d = distance[defined]
+        summary.update(d_mean=float(d.mean()) if len(d) else None,
+                       d_var=float(d.var(correction=0)) if len(d) else None, rho=rho.mean)
+        summary["per_sample"].update(d=_listed(distance, defined), rho=_listed(rho.rho, rho.defined))
     return summary

@@ -3,8 +3,14 @@
 Given the pixel-wise entropies H_i of one layer (``information_discarding``)
 and foreground labels per unit:
 
-* the baseline H_bar(x) = mean of H_i over the background units of x;
-* unit i is a knowledge point when H_bar(x) - H_i > b (b = 0.2 for images);
+* the baseline H_bar(x) = mean of H_i over the background units of x (the
+  paper's text, ``baseline="sample"``, the default), or the mean of those
+  per-sample baselines over all analysed samples of the checkpoint (the
+  authors' code, ``find_total_background``: ``baseline="dataset"``);
+* unit i is a knowledge point when H_bar(x) - H_i > t(x), where t is the
+  paper's fixed b (``relative=False``; b = 0.2 for images, 0.25 for AlexNet),
+  or b times the standard deviation s_bg(x) of the background entropies of x
+  (``relative=True``);
 * N_fg(x), N_bg(x): the points on foreground / background units (Eq. 6-7);
 * lambda = E_x[N_fg / (N_fg + N_bg)] (Eq. 5).
 
@@ -12,19 +18,52 @@ A sample is *undefined* when H_bar cannot be formed: it has no background
 unit, or its entropies are not valid (``DiscardingResult.valid`` is False).
 Undefined samples get h_bar = -inf (no unit lies below it), no points, zero
 counts and a reason; they are left out of every summary.  Nothing is NaN.
+
+Why a relative threshold for the converged estimator: the paper's b = 0.2 was
+set against the authors' recipe, whose entropies span about one nat per
+image; a converged optimum spreads them several times wider (units the
+feature ignores run up to the sigma bound), so the same b would call most
+units "significantly lower than the background". Measured in standard
+deviations of the background, "significantly lower" means the same whatever
+the spread: with b = 1, a unit is a point when it keeps more information than
+the background does, by more than the background's own variation. The
+default rules are in :data:`DEFAULT_RULES`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 
+@dataclass(frozen=True)
+class PointRule:
+    """How knowledge points are told from entropies: the threshold b, whether it
+    is in units of the background's standard deviation, and which H_bar."""
+
+    threshold: float
+    relative: bool = False
+    baseline: Literal["sample", "dataset"] = "sample"
+
+    def __post_init__(self) -> None:
+        if not self.threshold >= 0:
+            raise ValueError(f"threshold = {self.threshold}: expected a number >= 0")
+        if self.baseline not in ("sample", "dataset"):
+            raise ValueError(f"baseline = {self.baseline!r}: expected 'sample' or 'dataset'")
+
+
+# b = 1 background standard deviation for the converged estimator; the
+# paper's b for the authors' recipe (see ``paper.paper_defaults`` for AlexNet's)
+DEFAULT_RULES = {"converged": PointRule(1.0, relative=True), "paper": PointRule(0.2)}
+
+
 @dataclass
 class KnowledgePoints:
     h_bar: Tensor  # (B,) baseline entropy; -inf where not defined
+    threshold: Tensor  # (B,) the entropy gap below H_bar that makes a point
     is_point: Tensor  # (B, n) bool
     foreground: Tensor  # (B, n) bool
     n_fg: Tensor  # (B,) long, Eq. 7
@@ -39,9 +78,19 @@ class KnowledgePoints:
 
 
 def knowledge_points(
-    entropy: Tensor, foreground: Tensor, b: float = 0.2, valid: Tensor | None = None
+    entropy: Tensor,
+    foreground: Tensor,
+    b: float = 0.2,
+    valid: Tensor | None = None,
+    *,
+    relative: bool = False,
+    baseline: Literal["sample", "dataset"] = "sample",
 ) -> KnowledgePoints:
-    """Knowledge points of each sample from entropies (B, n) and foreground labels (B, n) bool."""
+    """Knowledge points of each sample from entropies (B, n) and foreground labels (B, n) bool.
+
+    ``relative``: the threshold is ``b`` background standard deviations of the
+    sample; ``baseline``: H_bar per sample or averaged over the defined samples."""
+    PointRule(b, relative, baseline)  # validates
     if entropy.dim() != 2 or tuple(foreground.shape) != tuple(entropy.shape):
         raise ValueError(
             f"entropy {tuple(entropy.shape)} and foreground {tuple(foreground.shape)} must both be (B, n_units)"
@@ -64,10 +113,21 @@ def knowledge_points(
             reason.append(None)
     safe = torch.where(torch.isfinite(entropy), entropy, torch.zeros_like(entropy))
     bg_sum = (safe * background).sum(1)
-    h_bar = torch.where(defined, bg_sum / background.sum(1).clamp(min=1), torch.full_like(bg_sum, -torch.inf))
-    is_point = ((h_bar[:, None] - safe) > b) & defined[:, None]
+    bg_count = background.sum(1).clamp(min=1)
+    own_bar = bg_sum / bg_count
+    if baseline == "dataset" and bool(defined.any()):
+        own_bar = torch.full_like(own_bar, float(own_bar[defined].mean()))
+    h_bar = torch.where(defined, own_bar, torch.full_like(bg_sum, -torch.inf))
+    if relative:
+        own_mean = bg_sum / bg_count
+        spread = ((((safe - own_mean[:, None]) ** 2) * background).sum(1) / bg_count).sqrt()
+        threshold = b * spread
+    else:
+        threshold = torch.full_like(bg_sum, b)
+    is_point = ((h_bar[:, None] - safe) > threshold[:, None]) & defined[:, None]
     return KnowledgePoints(
         h_bar=h_bar,
+        threshold=threshold,
         is_point=is_point,
         foreground=foreground,
         n_fg=(is_point & foreground).sum(1),

@@ -152,7 +152,7 @@ def train_roles(
 ) -> RunDirectory:
     """Train every role the config names (teacher first), resuming what exists."""
     run = RunDirectory(out)
-    run.initialise(dump_config(config), config.seed)
+    run.initialise(dump_config(config, training_only=True), config.seed)
     datasets = datasets or build_datasets(config)
     teacher = None
     for role in [r for r in ("teacher", "baseline", "student") if r in (roles or config.train)]:
