@@ -231,7 +231,7 @@ def _network(out: Path, settings: ValidationSettings, network: str, data: dict[s
     key = settings.training_key(network)
     model = _build(settings, network)
     if path.is_file():
-        saved = torch.load(path, map_location="cpu", weights_only=False)
+        saved = torch.load(path, map_location="cpu", weights_only=True)  # data, never code
         if saved.get("key") != key:
             raise ValueError(
                 f"{path} holds a {network} network trained with other settings ({saved.get('key')}); "
@@ -277,7 +277,7 @@ def _measure(out: Path, settings: ValidationSettings, network: str, estimator: s
            "layer": settings.layer, "grid": settings.grid, "indices": indices, "format": FORMAT_VERSION}
     path = out / "measurements" / f"{network}-{estimator}.pt"
     if path.is_file():
-        saved = torch.load(path, map_location="cpu", weights_only=False)
+        saved = torch.load(path, map_location="cpu", weights_only=True)  # data, never code
         if saved.get("key") == key:
             return saved["result"]
     began = time.perf_counter()
