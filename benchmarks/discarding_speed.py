@@ -37,11 +37,12 @@ import torch
 
 from kdlens.data.synthetic import SyntheticShapes
 from kdlens.discarding import information_discarding
+from kdlens.discarding.converged import converged_discarding
 from kdlens.discarding.knowledge_points import knowledge_points
 from kdlens.discarding.units import grid_units, unit_foreground_share
 from kdlens.models import build_model
 
-ENGINE = {k: p.default for k, p in inspect.signature(information_discarding).parameters.items()
+ENGINE = {k: p.default for k, p in inspect.signature(converged_discarding).parameters.items()
           if p.default is not inspect.Parameter.empty}
 HALF_LOG_2PIE = 0.5 * math.log(2 * math.pi * math.e)
 
