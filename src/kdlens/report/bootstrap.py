@@ -54,8 +54,9 @@ class Interval:
         return asdict(self)
 
 
-def _finite(value: Any) -> Optional[float]:
-    """A finite float, or None (None, bools, NaN, inf and non-numbers are undefined)."""
+def number(value: Any) -> Optional[float]:
+    """A plain finite float, or None for missing / non-numeric / NaN / inf
+    (tensors and numpy scalars accepted; a tensor of several elements is no number)."""
     if value is None or isinstance(value, bool):
         return None
     if hasattr(value, "item"):
@@ -74,7 +75,7 @@ def _values(values: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
     """(values with 0 where undefined, defined mask) as float64 / bool arrays."""
     if hasattr(values, "tolist"):
         values = values.tolist()
-    clean = [_finite(v) for v in values]
+    clean = [number(v) for v in values]
     defined = np.array([v is not None for v in clean], dtype=bool)
     return np.array([0.0 if v is None else v for v in clean], dtype=np.float64), defined
 

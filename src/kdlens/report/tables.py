@@ -40,7 +40,7 @@ import html
 import math
 from typing import Any, Mapping, Optional, Sequence
 
-from kdlens.report.bootstrap import METRIC_FIELDS, Interval, metric_difference
+from kdlens.report.bootstrap import METRIC_FIELDS, Interval, metric_difference, number
 
 DASH = "–"
 MINUS = "−"
@@ -75,22 +75,6 @@ HYPOTHESES = {
 }
 
 BOOTSTRAP = {"resamples": 2000, "level": 0.95, "seed": 0}
-
-
-def number(value: Any) -> Optional[float]:
-    """A plain finite float, or None for missing / non-numeric / NaN / inf (tensors and numpy scalars accepted)."""
-    if value is None or isinstance(value, bool):
-        return None
-    if hasattr(value, "item"):
-        try:
-            value = value.item()
-        except (ValueError, RuntimeError):  # a tensor with more than one element is no metric
-            return None
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
 
 
 def fmt(value: Any, key: str = "") -> str:
