@@ -29,11 +29,11 @@ DEMO = {
     "seed": 0,
     "data": {"name": "synthetic", "image_size": 32, "num_classes": 6, "train_size": 6000,
              "test_size": 600, "distractors": 2, "student_fraction": 0.1},
-    "model": {"arch": "vgg11", "width": 0.125, "dropout": 0.5},
+    "model": {"arch": "vgg11", "width": 0.125, "dropout": 0.5, "linear_init": "pytorch"},
     "teacher": {"epochs": 10, "lr": 0.05},
-    "baseline": {"epochs": 8, "lr": 0.05},
-    "student": {"layer": "fc1", "distill": {"epochs": 8, "lr": 0.003}, "classify": {"epochs": 8, "lr": 0.05}},
-    "analysis": {"estimators": ["converged", "paper"], "samples": 8, "grid": 16, "paper_final_only": True},
+    "baseline": {"epochs": 16, "lr": 0.05},
+    "student": {"layer": "fc1", "distill": {"epochs": 12, "lr": 0.003}, "classify": {"epochs": 8, "lr": 0.05}},
+    "analysis": {"estimators": ["converged", "paper"], "samples": 16, "grid": 16, "paper_final_only": True},
 }
 QUICK = {
     **DEMO,

@@ -333,6 +333,7 @@ def analyze_run(
             if 0 in run.role(role).epochs():
                 random = analyze_role(run, role, settings, sample_count, epochs=[0], **common)
                 random.role = "random"
+                random.final_accuracy = random.test_accuracy[0]  # its own, not the trained teacher's
                 analyses["random"] = random
         else:
             analyses[role] = analyze_role(run, role, settings, sample_count,

@@ -284,16 +284,23 @@ def hypothesis_verdicts(layers: Mapping[str, Mapping], distilled_layer: str,
         for h, (name, claim, _) in HYPOTHESES.items()}
     agreement, agreement_sentences = {}, []
     for est in estimators[1:]:
-        agreement[est] = {h: by_estimator[est][h]["verdict"] == head[h]["verdict"] for h in HYPOTHESES}
+        # only hypotheses both estimators could evaluate are compared
+        both = [h for h in HYPOTHESES if NOT_EVALUATED not in (by_estimator[est][h]["verdict"], head[h]["verdict"])]
+        agreement[est] = {h: by_estimator[est][h]["verdict"] == head[h]["verdict"] for h in both}
         agree = [h.upper() for h, same in agreement[est].items() if same]
         differ = [f"{h.upper()} ({by_estimator[est][h]['verdict']} vs {head[h]['verdict']})"
                   for h, same in agreement[est].items() if not same]
-        if not differ:
-            text = f"The {est} estimator agrees with the primary ({primary}) on all three hypotheses."
+        unchecked = [h.upper() for h in HYPOTHESES if h not in both]
+        if not both:
+            text = f"The {est} estimator and the primary ({primary}) evaluated no hypothesis in common."
+        elif not differ:
+            text = f"The {est} estimator agrees with the primary ({primary}) on {', '.join(agree)}."
         else:
             text = (f"The {est} estimator " + (f"agrees with the primary ({primary}) on {', '.join(agree)} but "
                                                if agree else "")
                     + f"disagrees on {', '.join(differ)}" + ("" if agree else f" with the primary ({primary})") + ".")
+        if both and unchecked:
+            text = text[:-1] + f"; {', '.join(unchecked)} not evaluated by both."
         agreement_sentences.append(text)
     return {
         "layer": distilled_layer,
