@@ -224,7 +224,7 @@ def analyze_role(
 
     model_config = config.resolved_teacher_model if role == "teacher" else config.model
     model = build_network(model_config, config, len(dataset.classes), init=role)
-    arch, rule = model_config.arch, settings.rule(model_config.arch)
+    arch = model_config.arch
     prefixes = _stage_prefixes(model, settings.layer)
     parameter_names = [n for n, _ in model.named_parameters() if n.startswith(prefixes)]
 

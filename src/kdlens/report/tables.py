@@ -37,7 +37,6 @@ evaluated" if any metric was not evaluated, else "inconclusive".
 from __future__ import annotations
 
 import html
-import math
 from typing import Any, Mapping, Optional, Sequence
 
 from kdlens.report.bootstrap import METRIC_FIELDS, Interval, metric_difference, number
