@@ -67,6 +67,8 @@ def main() -> None:
     ap.add_argument("--layer", default="fc1")
     ap.add_argument("--samples", type=int, default=16)
     ap.add_argument("--grid", type=int, default=16)
+    ap.add_argument("--noise-samples", type=int, default=AnalysisSettings.noise_samples,
+                    help="the converged estimator's draws per step (precision grows with steps x draws)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-paper", action="store_true")
     ap.add_argument("--json", help="also write the numbers to this file")
@@ -86,7 +88,7 @@ def main() -> None:
     masks = torch.stack([train_set[i].mask for i in indices])
     units = grid_units(images.shape[-2], images.shape[-1], args.grid)
     fg = foreground_units(unit_foreground_share(masks, units), 0.5)
-    base = AnalysisSettings(layer=args.layer, grid=args.grid)
+    base = AnalysisSettings(layer=args.layer, grid=args.grid, noise_samples=args.noise_samples)
     cold = base.engine_options(spec.arch, warm=False)
     numbers, began = {}, time.perf_counter()
 
@@ -98,7 +100,7 @@ def main() -> None:
         return r
 
     print(f"{args.run} {args.role} epoch {epoch} (before: {before}), layer {args.layer}, "
-          f"{args.samples} images, {args.grid}x{args.grid} grid")
+          f"{args.samples} images, {args.grid}x{args.grid} grid, {args.noise_samples} draws a step")
     one = measure("converged 1x, seed 1", epoch, **cold, seed=1)
     two = measure("converged 2x, seed 2", epoch, **{**cold, "steps": 2 * cold["steps"]}, seed=2)
     previous = measure("converged, checkpoint before", before, **cold, seed=3)
