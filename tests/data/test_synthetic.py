@@ -150,11 +150,22 @@ def test_background_cue_puts_the_label_in_the_background_only():
             nearest = np.abs(params.background[None] - colours).max(axis=1).argmin()
             assert nearest == params.label  # the background colour names the label
             assert np.abs(params.object.colour - params.background).max() >= 0.5  # the contrast rule
+            # ... kept against every class's background, so the object's colour does not name the label
+            assert (np.abs(colours - params.object.colour).max(axis=1) >= 0.55 - 1e-6).all()
             assert all(5 <= f < len(FAMILIES) for f in params.distractor_families)
             families.setdefault(params.label, set()).add(params.object.family)
         # The object's family is drawn from the classes, whatever the label.
         assert all(len(seen) >= 4 and seen <= set(range(5)) for seen in families.values())
         assert len({data.params(i).background.tobytes() for i in range(0, 200, 5)}) > 1  # jittered
+
+
+def test_background_cue_object_colour_is_independent_of_the_label():
+    data = SyntheticShapes("train", num_samples=2000, num_classes=4, image_size=16, cue="background")
+    colours = np.array([data.params(i).object.colour for i in range(len(data))])
+    labels = np.arange(len(data)) % 4
+    means = np.array([colours[labels == k].mean(0) for k in range(4)])
+    # per-label means of a colour with std ~0.38 over 500 samples each: within ~4 standard errors
+    assert np.abs(means - colours.mean(0)).max() < 0.07
 
 
 def test_background_cue_keeps_the_geometry_and_exact_masks():

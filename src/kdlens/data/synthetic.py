@@ -264,6 +264,11 @@ class SyntheticShapes(Dataset):
         )
         smooth = (rng.uniform(-1, 1, (3, SMOOTH_GRID, SMOOTH_GRID)) * rng.uniform(0, SMOOTH_AMPLITUDE)).astype(np.float32)
         colour = _contrasting(rng, background, BACKGROUND_GAP)
+        if self.cue == "background":
+            # A colour that contrasts with the background must not depend on the label here,
+            # or the object's colour would tell it: one that contrasts with every class's
+            # background instead, from a stream of its own (the main stream stays put).
+            colour = self._label_free_colour(index)
         random_family = int(rng.integers(self.num_classes))  # the object's family under cue="background"
         family = random_family if self.cue == "background" else label
         radius = rng.uniform(*self.object_size) * side / 2
@@ -277,6 +282,19 @@ class SyntheticShapes(Dataset):
                                 _contrasting(rng, colour, DISTRACTOR_GAP)))
         noise = rng.standard_normal((3, side, side), dtype=np.float32) * np.float32(self.noise)
         return SampleParams(label, spurious, background, grating, smooth, tuple(shapes), obj, noise)
+
+    def _label_free_colour(self, index: int, tries: int = 10000) -> np.ndarray:
+        """A random colour at least BACKGROUND_GAP from every class colour (jitter included) in some channel."""
+        rng = np.random.default_rng([self.seed, SPLIT_CODES[self.split], index, 1])
+        gap = BACKGROUND_GAP + BACKGROUND_JITTER
+        for _ in range(tries):
+            colour = rng.random(3).astype(np.float32)
+            if (np.abs(self.class_colours - colour).max(axis=1) >= gap).all():
+                return colour
+        raise ValueError(
+            f"cue = 'background' with num_classes = {self.num_classes}: no colour contrasts with every class "
+            "colour; expected fewer classes"
+        )
 
     def _shape_mask(self, shape: Shape) -> np.ndarray:
         cos, sin = np.cos(shape.angle), np.sin(shape.angle)
