@@ -182,7 +182,8 @@ class StudentConfig(Strict):
 
 
 class AnalysisConfig(Strict):
-    """How ``kdlens demo`` and ``kdlens analyze`` measure knowledge points by default."""
+    """How ``kdlens demo`` (``run_experiment``) measures knowledge points; ``kdlens analyze`` takes flags.
+    A run directory keeps its config without this section (``dump_config(training_only=True)``)."""
 
     estimators: list[Literal["converged", "paper"]] = Field(
         ["converged"], min_length=1,
