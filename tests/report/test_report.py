@@ -283,13 +283,3 @@ def test_write_report_survives_missing_values_and_no_maps(tmp_path):
         "h1": NOT_EVALUATED, "h2": NOT_EVALUATED, "h3": NOT_EVALUATED}
     assert metrics["layers"]["fc1"]["converged"]["teacher"]["n_fg"] is None
     assert metrics["teacher_vs_random"]["fc1"]["converged"]["n_fg"]["verdict"] == NOT_EVALUATED
-
-
-def test_old_data_shape_is_read_as_one_estimator(tmp_path):
-    old = {k: v for k, v in GOOD_S.items() if k != "per_sample"}
-    data = {"title": "old", "distilled_layer": "fc1", "layers": {"fc1": roles(old, GOOD_B)}}
-    write_report(tmp_path, data, bootstrap=FAST)
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["estimators"] == ["default"] and metrics["hypotheses"]["primary"] == "default"
-    assert metrics["hypotheses"]["default"]["h1"]["verdict"] == NOT_EVALUATED  # no per-sample values: no interval
-    assert metrics["layers"]["fc1"]["default"]["student"]["n_fg"] == GOOD_S["n_fg"]

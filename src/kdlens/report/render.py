@@ -30,7 +30,6 @@ from kdlens.store import atomic_write_bytes, atomic_write_json, atomic_write_tex
 METRIC_KEYS = ("n_fg", "n_bg", "lambda", "accuracy")
 DYNAMIC_KEYS = ("d_mean", "d_var", "rho")
 ROLE_ORDER = ("teacher", "student", "baseline", "random")
-LEGACY_ESTIMATOR = "default"
 
 HOW_TO_READ = [
     "A knowledge point is an input unit (a grid cell) whose entropy H_i is lower than the mean background "
@@ -72,20 +71,11 @@ def _jsonable(value: Any) -> Any:
 
 
 def normalize(data: Mapping) -> dict:
-    """``{"estimators", "layers", "maps"}`` of ``data`` in the per-estimator shape.
-
-    Data in the older shape (no "estimators"; ``layers[layer][role]`` and
-    ``maps[layer][role]``) is read as one estimator named "default"."""
+    """``{"estimators", "layers", "maps"}`` of ``data``; the estimators, when not
+    given, in the order they appear under the layers."""
     layers = dict(data.get("layers") or {})
     maps = dict(data.get("maps") or {})
     estimators = list(data.get("estimators") or [])
-    legacy = not estimators and any(set(v or {}) & set(ROLE_ORDER) for v in layers.values())
-    if legacy:
-        estimators = [LEGACY_ESTIMATOR]
-        layers = {layer: {LEGACY_ESTIMATOR: models} for layer, models in layers.items()}
-        maps = {layer: None if m is None else {**{k: v for k, v in m.items() if k not in ROLE_ORDER},
-                                               LEGACY_ESTIMATOR: {k: v for k, v in m.items() if k in ROLE_ORDER}}
-                for layer, m in maps.items()}
     if not estimators:
         estimators = infer_estimators(layers)
     return {"estimators": estimators, "layers": layers, "maps": maps}
@@ -311,8 +301,7 @@ def write_report(out_dir: str | Path, data: Mapping, *, bootstrap: Mapping | Non
     "n_bg", "ratio", "d", "rho"}, each a list of float or None over the same N
     images in the same order for every role and estimator.  Without
     per_sample a comparison is "not evaluated" (point values still shown).
-    Data in the older shape without "estimators" is read as one estimator
-    "default".  ``bootstrap`` overrides {"resamples": 2000, "level": 0.95, "seed": 0}.
+    ``bootstrap`` overrides {"resamples": 2000, "level": 0.95, "seed": 0}.
 
     metrics.json::
 
