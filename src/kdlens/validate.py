@@ -40,13 +40,17 @@ They are reported as they come out; nothing is tuned to make them pass.
 Output: ``DIR/validation.json`` (``{network: {estimator: {lambda, n_fg,
 n_bg, ...}}}`` plus ``bars``, ``accuracy``, ``settings`` ...),
 ``DIR/validation_maps.png`` and the networks' weights in ``DIR/networks/``
-(reused by a rerun, which gives the same numbers).  Measurements are cached
+(reused by a rerun, which gives the same numbers; the per-epoch training
+checkpoints, from which an interrupted training resumes, are in
+``DIR/training/``).  Measurements are cached
 in ``DIR/measurements/`` under a key of every setting they depend on.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -57,6 +61,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdlens.config import OptimConfig
 from kdlens.data.synthetic import SyntheticShapes
 from kdlens.discarding import information_discarding, knowledge_points, summarize_points
 from kdlens.discarding.knowledge_points import DEFAULT_RULES
@@ -65,7 +70,9 @@ from kdlens.discarding.units import foreground_units, grid_units, unit_foregroun
 from kdlens.models import build_model
 from kdlens.seeding import derive_seed
 from kdlens.report.validation_maps import maps_figure
-from kdlens.store import atomic_torch_save, atomic_write_bytes, atomic_write_json
+from kdlens.store import CheckpointStore, atomic_torch_save, atomic_write_bytes, atomic_write_json
+from kdlens.train.evaluate import evaluate
+from kdlens.train.loop import Phase, train_phases
 
 NETWORKS = ("object_only", "background_cue", "random_init")
 ESTIMATORS = ("paper", "converged")
@@ -173,56 +180,6 @@ def _build(settings: ValidationSettings, network: str) -> nn.Module:
                            width=settings.width, dropout=settings.dropout)
 
 
-@torch.no_grad()
-def _accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch: int = 500) -> float:
-    model.eval()
-    correct = sum(int((model(images[i : i + batch]).argmax(1) == labels[i : i + batch]).sum())
-                  for i in range(0, len(labels), batch))
-    return correct / max(len(labels), 1)
-
-
-def _train(model: nn.Module, images: Tensor, labels: Tensor, settings: ValidationSettings, network: str,
-           progress: bool) -> list[float]:
-    """Plain SGD (momentum, weight decay, cosine lr per step); every epoch's
-    shuffle and dropout are seeded from (seed, network, epoch).  Returns the
-    mean training loss of each epoch."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum,
-                                weight_decay=settings.weight_decay)
-    n, batch = len(labels), settings.batch_size
-    per_epoch = math.ceil(n / batch)
-    total = max(1, settings.epochs * per_epoch)
-    losses: list[float] = []
-    step = 0
-    bar = _tqdm(total=settings.epochs, desc=f"train {network}", unit="epoch", disable=not progress)
-    for epoch in range(1, settings.epochs + 1):
-        with torch.random.fork_rng(devices=[]):
-            seed = derive_seed(settings.seed, "validate", "train", network, epoch)
-            torch.manual_seed(seed)  # dropout
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-            model.train()
-            loss_sum, count = 0.0, 0
-            for start in range(0, n, batch):
-                idx = order[start : start + batch]
-                if len(idx) < 2:  # a batch of one breaks batch norm in train mode
-                    continue
-                for group in optimizer.param_groups:
-                    group["lr"] = settings.lr * 0.5 * (1 + math.cos(math.pi * step / total))
-                loss = F.cross_entropy(model(images[idx]), labels[idx])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss_sum += float(loss.detach()) * len(idx)
-                count += len(idx)
-                step += 1
-        losses.append(loss_sum / max(count, 1))
-        bar.update(1)
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    bar.close()
-    model.eval()
-    return losses
-
-
 def _network(out: Path, settings: ValidationSettings, network: str, data: dict[str, dict[str, Any]],
              progress: bool) -> tuple[nn.Module, dict[str, Any]]:
     """The network, trained (or reused from ``out/networks``), and its record."""
@@ -242,14 +199,30 @@ def _network(out: Path, settings: ValidationSettings, network: str, data: dict[s
     cue = CUES[network]
     train, test = data[cue]["train"], data[cue]["test"]
     began = time.perf_counter()
-    losses = _train(model, train["images"], train["labels"], settings, network, progress) if network in TRAINED else []
+    cpu = torch.device("cpu")
+    if network in TRAINED:
+        # the project's one training loop: SGD with a cosine schedule, per-epoch
+        # checkpoints (an interrupted run resumes), epochs seeded from (seed, role, epoch)
+        optim = OptimConfig(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr,
+                            momentum=settings.momentum, weight_decay=settings.weight_decay, schedule="cosine")
+        phase = Phase("train", optim, [model], lambda images, labels: F.cross_entropy(model(images), labels))
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+        history = train_phases(model, [phase], train, test, CheckpointStore(out / "training" / f"{network}-{digest}"),
+                               seed=settings.seed, role=f"validate-{network}", device=cpu, progress=progress)
+        losses = [row["objective"] for row in history[1:]]
+        final = history[-1]
+    else:
+        losses = []
+        final = {"train_accuracy": evaluate(model, train, cpu)["accuracy"],
+                 "test_accuracy": evaluate(model, test, cpu)["accuracy"]}
+    model.eval()
     record = {
         "cue": cue,
         "trained": network in TRAINED,
         "epochs": settings.epochs if network in TRAINED else 0,
         "train_loss": [_finite(loss) for loss in losses],  # None where training diverged
-        "train_accuracy": _accuracy(model, train["images"], train["labels"]),
-        "test_accuracy": _accuracy(model, test["images"], test["labels"]),
+        "train_accuracy": final["train_accuracy"],
+        "test_accuracy": final["test_accuracy"],
         "chance": 1.0 / settings.num_classes,
         "train_seconds": round(time.perf_counter() - began, 2),
     }
@@ -423,8 +396,7 @@ def _run(out: Path, quick: bool, progress: bool, settings: ValidationSettings) -
         train = _dataset(settings, "train", cue, settings.train_samples)
         test = _dataset(settings, "test", cue, settings.test_samples)
         datasets[cue] = train
-        data[cue] = {split: {"images": _normalised(ds), "labels": ds.labels} for split, ds in
-                     (("train", train), ("test", test))}
+        data[cue] = {"train": train, "test": test}
     indices = measured_indices(datasets["background"], settings.samples)
     timing["data_seconds"] = round(time.perf_counter() - tick, 2)
 
@@ -449,7 +421,7 @@ def _run(out: Path, quick: bool, progress: bool, settings: ValidationSettings) -
     for network, estimator in jobs:
         cue = CUES[network]
         bar.set_postfix(network=network, estimator=estimator)
-        inputs = data[cue]["train"]["images"][index]
+        inputs = _normalised(data[cue]["train"])[index]
         measured = _measure(out, settings, network, estimator, models[network], inputs, units, indices, progress)
         rule = DEFAULT_RULES[estimator]
         points = knowledge_points(measured["entropy"], foreground[cue], rule.threshold, measured["valid"],
