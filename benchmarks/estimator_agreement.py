@@ -12,6 +12,17 @@ images the analysis uses), it measures:
 * agreement: converged against paper on the same checkpoint and images ->
   mean per-image Spearman correlation of the entropies, and the Jaccard of
   the knowledge points (each under its own default rule);
+* the paper's recipe against itself with another seed (Spearman, Jaccard),
+  and both estimators against the optimum of the network linearised at the
+  image (sigma_u^2 proportional to 1 / sum_{i in u} ||df/dx_i||^2, the
+  closed form of a linear layer): how much of each is local sensitivity;
+* the Monte-Carlo bound: at the converged sigma, the standard deviation of
+  one draw's gradient of a unit's loss over the loss's curvature there
+  (2 alpha / n for n units). An average of these gradients over N draws
+  knows a unit's log sigma to about that ratio over sqrt(N) (the
+  Polyak-Ruppert rate); printed is what that gives for the difference of
+  the 1x and 2x runs (N = the draws in their averaged iterates), beside the
+  standard deviation of that difference the two runs actually show;
 * the spread: per-image entropy range and background standard deviation under
   each estimator, and the paper's b = 0.2 in units of the paper's background
   standard deviation (what b = 1 background std of the converged rule is
@@ -37,8 +48,10 @@ from kdlens.builders import build_datasets, build_network
 from kdlens.config import load_config
 from kdlens.discarding import information_discarding
 from kdlens.discarding.analyze import AnalysisSettings, sample_indices
-from kdlens.discarding.knowledge_points import knowledge_points
-from kdlens.discarding.units import foreground_units, grid_units, unit_foreground_share
+from kdlens.discarding.common import feature_fn, frozen
+from kdlens.discarding.converged import AVERAGED_SHARE
+from kdlens.discarding.knowledge_points import foreground_ratio, knowledge_points
+from kdlens.discarding.units import check_units, foreground_units, grid_units, unit_foreground_share
 from kdlens.store import RunDirectory
 
 
@@ -51,6 +64,44 @@ def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
     rx, ry = x.argsort().argsort().double(), y.argsort().argsort().double()
     rx, ry = rx - rx.mean(), ry - ry.mean()
     return float((rx * ry).sum() / (rx.norm() * ry.norm()))
+
+
+def linearised_entropy(model, images, layer, units) -> torch.Tensor:
+    """Per-unit entropy, up to a constant, of the optimum for f linearised at each image."""
+    f = feature_fn(model, layer)
+    unit_map = check_units(units, tuple(images.shape[1:])).reshape(-1)
+    n = int(unit_map.max()) + 1
+    rows = []
+    with frozen(model):
+        for image in images:
+            jac = torch.autograd.functional.jacobian(lambda z: f(z.unsqueeze(0)).reshape(-1), image, vectorize=True)
+            column = (jac.reshape(jac.shape[0], -1) ** 2).sum(0)
+            rows.append(torch.zeros(n, dtype=column.dtype).index_add_(0, unit_map, column))
+    return -0.5 * torch.stack(rows).clamp_min(1e-30).log()
+
+
+def gradient_noise_over_curvature(model, images, layer, units, result, alpha: float, draws: int = 64) -> float:
+    """Median over units below sigma_max of sd(one draw's d loss / d log sigma_u) / (2 alpha / n)."""
+    f = feature_fn(model, layer)
+    unit_map = check_units(units, tuple(images.shape[1:])).reshape(-1)
+    n = int(unit_map.max()) + 1
+    gen = torch.Generator().manual_seed(11)
+    grads = []
+    with frozen(model):
+        f0 = f(images).reshape(len(images), -1).detach()
+        for _ in range(draws):
+            log_sigma = result.sigma.log().clone().requires_grad_(True)
+            sigma = log_sigma.exp().index_select(1, unit_map).reshape(images.shape)
+            noisy = f(images + sigma * torch.randn(images.shape, generator=gen)).reshape(len(images), -1)
+            loss = ((noisy - f0) ** 2).sum(-1) / result.feature_variance
+            grads.append(torch.autograd.grad(loss.sum(), log_sigma)[0])
+    inner = result.valid.unsqueeze(1) & (result.sigma < 0.99 * result.sigma.max())
+    return float((torch.stack(grads).std(0)[inner] / (2 * alpha / n)).median())
+
+
+def mean_spearman(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor) -> float:
+    rows = [spearman(a[i], b[i]) for i in range(len(a)) if valid[i]]
+    return sum(rows) / max(len(rows), 1)
 
 
 def points(settings: AnalysisSettings, arch: str, entropy, foreground, valid):
@@ -112,16 +163,33 @@ def main() -> None:
     numbers["converged_entropy_range"] = float((one.entropy.amax(1) - one.entropy.amin(1)).mean())
     numbers["converged_bg_std"] = float(p1.threshold.mean() / base.rule(spec.arch).threshold)
     numbers["converged_points_per_image"] = float(p1.is_point.sum(1).double().mean())
+    # the per-image counts behind N_fg, N_bg and lambda, which move less than the sets
+    for name, p in (("1x", p1), ("2x", p2)):
+        numbers[f"n_fg_{name}"] = float(p.n_fg.double().mean())
+        numbers[f"lambda_{name}"] = foreground_ratio(p.n_fg, p.n_bg)[0]
     numbers["entropy_max_abs_change_2x"] = float((one.entropy - two.entropy).abs().max())
     numbers["entropy_median_abs_change_2x"] = float((one.entropy - two.entropy).abs().median())
+    # the 1x and 2x runs are independent: median |difference| = 0.6745 * sd of the difference (normal errors)
+    numbers["entropy_difference_sd_1x_2x"] = numbers["entropy_median_abs_change_2x"] / 0.6745
+    ratio = gradient_noise_over_curvature(model, images, args.layer, units, one, cold["alpha"])
+    numbers["gradient_sd_over_curvature"] = ratio
+    averaged_draws = cold["steps"] * AVERAGED_SHARE * args.noise_samples
+    numbers["entropy_difference_sd_bound"] = ratio * (1 / averaged_draws + 1 / (2 * averaged_draws)) ** 0.5
     if not args.skip_paper:
         paper_settings = replace(base, estimator="paper")
         paper = measure("paper", epoch, estimator="paper", **paper_settings.engine_options(spec.arch, warm=False), seed=5)
         pp = points(paper_settings, spec.arch, paper.entropy, fg, paper.valid)
+        again = measure("paper, another seed", epoch, estimator="paper",
+                        **paper_settings.engine_options(spec.arch, warm=False), seed=6)
         both = one.valid & paper.valid
-        numbers["spearman_converged_paper"] = sum(
-            spearman(one.entropy[b], paper.entropy[b]) for b in range(len(indices)) if both[b]) / max(int(both.sum()), 1)
+        numbers["spearman_converged_paper"] = mean_spearman(one.entropy, paper.entropy, both)
         numbers["jaccard_converged_paper"] = jaccard(p1.is_point, pp.is_point)
+        numbers["spearman_paper_seeds"] = mean_spearman(paper.entropy, again.entropy, paper.valid & again.valid)
+        numbers["jaccard_paper_seeds"] = jaccard(pp.is_point, points(paper_settings, spec.arch, again.entropy, fg,
+                                                                     again.valid).is_point)
+        linear = linearised_entropy(model, images, args.layer, units)
+        numbers["spearman_paper_linearised"] = mean_spearman(paper.entropy, linear, paper.valid)
+        numbers["spearman_converged_linearised"] = mean_spearman(one.entropy, linear, one.valid)
         numbers["paper_entropy_range"] = float((paper.entropy.amax(1) - paper.entropy.amin(1)).mean())
         bg = ~fg
         bg_std = torch.stack([paper.entropy[b][bg[b]].std(correction=0) for b in range(len(indices))])

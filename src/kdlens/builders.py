@@ -12,16 +12,29 @@ from torch.utils.data import Dataset
 
 from kdlens.config import ExperimentConfig, ModelConfig
 from kdlens.data import DATASETS, fraction_subset
+from kdlens.errors import ConfigError
 from kdlens.models import NamedLayerModel, build_model
 from kdlens.seeding import derive_seed
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device a config's ``device`` names, or a one-line :class:`ConfigError`
+    when this machine does not have it."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device = {name!r}: CUDA is not available here; expected 'auto' or 'cpu'")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"device = {name!r}: expected auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device = {name!r}: CUDA is not available here; expected 'auto' or 'cpu'")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"device = {name!r}: this machine has {count} CUDA device(s); "
+                              f"expected cuda:0 to cuda:{count - 1}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device = {name!r}: MPS is not available here; expected 'auto' or 'cpu'")
     return device
 
 

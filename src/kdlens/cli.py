@@ -9,14 +9,26 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from kdlens import __version__
-from kdlens.config import ConfigError, load_config
+from kdlens.config import load_config
+from kdlens.errors import ConfigError, KdlensError, MissingFileError, UsageError
+
+
+def output_directory(value: str | Path, option: str = "--out") -> Path:
+    """``value`` as a directory to write into: refused when it names something that is not a directory."""
+    path = Path(value)
+    for parent in (path, *path.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"{option} {str(value)!r}: {str(parent)!r} is a file; expected a directory to write into")
+            break
+    return path
 
 
 def _train(args: argparse.Namespace) -> int:
     from kdlens.train import train_roles
 
     config = load_config(args.config)
-    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    out = output_directory(args.out if args.out else Path("runs") / Path(args.config).stem)
     roles = args.roles.split(",") if args.roles else None
     if roles:
         unknown = sorted(set(roles) - {"teacher", "baseline", "student"})
@@ -41,7 +53,12 @@ def _analyze(args: argparse.Namespace) -> int:
 
     run = RunDirectory(args.run)
     if not run.config_path.is_file():
-        raise FileNotFoundError(f"{args.run!r} is not a kdlens run directory (no config.yaml)")
+        raise MissingFileError(f"{args.run!r} is not a kdlens run directory (no config.yaml)")
+    for option, value, least in (("--samples", args.samples, 1), ("--grid", args.grid, 1),
+                                 ("--steps", args.steps, 1), ("--max-epochs", args.max_epochs, 2)):
+        if value is not None and value < least:
+            raise UsageError(f"{option} {value}: expected an integer >= {least}")
+    # analyze_run refuses a run without checkpoints, so there is a summary to print below
     settings = AnalysisSettings(layer=args.layer, estimator=args.estimator, grid=args.grid, threshold=args.threshold,
                                 baseline=args.baseline, steps=args.steps)
     analyses = analyze_run(run, settings, args.samples, split=args.split, max_epochs=args.max_epochs,
@@ -67,7 +84,7 @@ def _demo(args: argparse.Namespace) -> int:
     from kdlens.experiment import run_demo
 
     began = time.perf_counter()
-    files = run_demo(args.out, quick=args.quick, split=args.split, progress=not args.quiet,
+    files = run_demo(output_directory(args.out), quick=args.quick, split=args.split, progress=not args.quiet,
                      estimators=args.estimator.split(",") if args.estimator else None)
     print(f"demo finished in {time.perf_counter() - began:.0f}s")
     for name, path in files.items():
@@ -79,7 +96,7 @@ def _compare(args: argparse.Namespace) -> int:
     from kdlens.compare import load_compare_config, run_comparison
 
     config = load_compare_config(args.config)
-    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    out = output_directory(args.out if args.out else Path("runs") / Path(args.config).stem)
     began = time.perf_counter()
     files = run_comparison(config, out, progress=not args.quiet)
     print(f"compare finished in {time.perf_counter() - began:.0f}s")
@@ -93,7 +110,7 @@ def _validate(args: argparse.Namespace) -> int:
     from kdlens.validate import format_report, run_validation
 
     began = time.perf_counter()
-    summary = run_validation(args.out, quick=args.quick, progress=not args.quiet)
+    summary = run_validation(output_directory(args.out), quick=args.quick, progress=not args.quiet)
     print(f"validate finished in {time.perf_counter() - began:.0f}s"
           + (" (quick)" if args.quick else ""))
     print(format_report(summary))
@@ -158,14 +175,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot raise BrokenPipeError again."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (ConfigError, ValueError, KeyError, FileNotFoundError, RuntimeError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"kdlens: error: {message}", file=sys.stderr)
+    except KdlensError as exc:  # what a user can cause; anything else is a bug and keeps its traceback
+        print(f"kdlens: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `kdlens ... | head`: the reader left; stop quietly, as Unix tools do
+        _silence_stdout()
+        return 141
     except KeyboardInterrupt:
         print("kdlens: interrupted; run the same command again to resume from the last checkpoint",
               file=sys.stderr)

@@ -8,17 +8,103 @@ its directory, so any result can be traced back to what made it.
 
 from __future__ import annotations
 
+import math
+import re
+import reprlib
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, TypeVar, Union
+from typing import Annotated, Any, Literal, Optional, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from kdlens.distill import METHODS
+from kdlens.errors import ConfigError
 from kdlens.models import MODELS, PAPER_LAYERS
 
 ROLES = ("teacher", "baseline", "student")
 Schema = TypeVar("Schema", bound=BaseModel)
+MAX_SEED = 2**63 - 1
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
+DEVICES = "auto, cpu, cuda, cuda:N or mps"
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxdict, _SHORT.maxlist, _SHORT.maxtuple, _SHORT.maxset = 3, 6, 6, 6, 6
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = 80, 80, 40
+SHOWN_CHARACTERS = 200
+
+
+def shown(value: Any) -> str:
+    """``value`` as a short one-line repr for an error message (nested, recursive and huge values are cut)."""
+    text = _SHORT.repr(value)
+    return text if len(text) <= SHOWN_CHARACTERS else text[: SHOWN_CHARACTERS - 3] + "..."
+
+
+def one_line(text: str) -> str:
+    """``text`` with its line breaks folded into spaces."""
+    return " ".join(str(text).split())
+
+
+def check_device(name: str) -> str:
+    """``name`` if it has the form of a device kdlens can run on; where it is available is decided at run time."""
+    if not DEVICE_PATTERN.fullmatch(name):
+        raise ValueError(f"expected {DEVICES}")
+    return name
+
+
+def non_finite(value: Any, path: str = "") -> Optional[tuple[str, float]]:
+    """The first ``(key path, number)`` in a nest of mappings and lists whose
+    number is infinite or NaN, else None. Shared and recursive parts (YAML
+    aliases) are visited once."""
+    seen: set[int] = set()
+    pending = [(path, value)]
+    while pending:
+        where, item = pending.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return where, item
+        if isinstance(item, (dict, list, tuple)):
+            if id(item) in seen:
+                continue
+            seen.add(id(item))
+            pairs = item.items() if isinstance(item, dict) else enumerate(item)
+            pending.extend((f"{where}.{k}" if where else str(k), v) for k, v in reversed(list(pairs)))
+    return None
+
+
+def key_error(inner: str, expected: str, value: Any = None, *, show_value: bool = True) -> PydanticCustomError:
+    """An error a validator raises about ``inner``, a key below the one it
+    validates (``""``: that key itself); :func:`describe_error` puts the full key
+    in front: ``student.method_options.temperature = inf: expected ...``."""
+    return PydanticCustomError("kdlens_key", "{inner}: {expected}", {
+        "inner": inner, "expected": one_line(expected), "value": shown(value) if show_value else None,
+    })
+
+
+def finite_options(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` (free-form keyword arguments) if every number in them is finite."""
+    found = non_finite(options)
+    if found is not None:
+        raise key_error(found[0], "expected a finite number", found[1])
+    return options
+
+
+def _number_type(annotation: Any) -> bool:
+    """Whether ``annotation`` is int or float, possibly Optional or in a list/tuple."""
+    if annotation in (int, float):
+        return True
+    if get_origin(annotation) is Annotated:
+        return _number_type(get_args(annotation)[0])
+    if get_origin(annotation) in (Union, list, tuple):
+        return any(_number_type(a) for a in get_args(annotation) if a is not type(None) and a is not Ellipsis)
+    return False
+
+
+def _is(path: Path, kind: str) -> bool:
+    """Whether ``path`` is a file / directory; False for a name the system cannot even look up (too long...)."""
+    try:
+        return path.is_dir() if kind == "dir" else path.is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def paper_layer(layer: str) -> str:
@@ -28,12 +114,23 @@ def paper_layer(layer: str) -> str:
     return layer
 
 
-class ConfigError(ValueError):
-    """A config that cannot be used; the message is one line."""
-
-
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    """Every config section: unknown keys, infinities and NaN are refused, and so
+    are true/false where a number goes (YAML reads `yes` as true)."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            return raw
+        for name, field in cls.model_fields.items():
+            value = raw.get(name)
+            items = value if isinstance(value, (list, tuple)) else [value]
+            if _number_type(field.annotation) and any(isinstance(item, bool) for item in items):
+                raise key_error(name, "expected a number, not true/false", value)
+        return raw
 
 
 class DataCommon(Strict):
@@ -85,8 +182,8 @@ class _RealData(DataCommon):
     @field_validator("path")
     @classmethod
     def _exists(cls, path: Path) -> Path:
-        if not path.is_dir():
-            raise ValueError(f"directory {str(path)!r} does not exist; expected the dataset root")
+        if not _is(path, "dir"):
+            raise ValueError(f"directory {shown(str(path))} does not exist; expected the dataset root")
         return path
 
 
@@ -169,15 +266,17 @@ class StudentConfig(Strict):
     def _method_builds(self) -> "StudentConfig":
         try:
             METHODS.build(self.method, layer=self.layer, **self.method_options)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"student.method_options = {self.method_options!r}: {exc}") from None
+        except (TypeError, ValueError, ArithmeticError) as exc:  # what the options make the method raise
+            raise ValueError(f"student.method_options = {shown(self.method_options)}: {one_line(exc)}") from None
         return self
+
+    _finite_options = field_validator("method_options")(classmethod(lambda cls, options: finite_options(options)))
 
     @field_validator("teacher_checkpoint")
     @classmethod
     def _checkpoint(cls, path: Optional[Path]) -> Optional[Path]:
-        if path is not None and not path.is_file():
-            raise ValueError(f"file {str(path)!r} does not exist; expected a teacher checkpoint (.pt)")
+        if path is not None and not _is(path, "file"):
+            raise ValueError(f"file {shown(str(path))} does not exist; expected a teacher checkpoint (.pt)")
         return path
 
 
@@ -207,8 +306,8 @@ class AnalysisConfig(Strict):
 
 
 class ExperimentConfig(Strict):
-    seed: int = 0
-    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
     train: list[Literal["teacher", "baseline", "student"]] = list(ROLES)
     data: DataConfig = SyntheticData()
     model: ModelConfig = ModelConfig()
@@ -219,6 +318,8 @@ class ExperimentConfig(Strict):
     baseline: OptimConfig = OptimConfig()
     student: StudentConfig = StudentConfig()
     analysis: AnalysisConfig = AnalysisConfig()
+
+    _device = field_validator("device")(classmethod(lambda cls, name: check_device(name)))
 
     @field_validator("data", mode="before")
     @classmethod
@@ -238,17 +339,24 @@ class ExperimentConfig(Strict):
 _DATA_VARIANTS = {"synthetic": SyntheticData, "cub": CubData, "folder": FolderData}
 
 
+def _key_parts(loc: tuple) -> list:
+    """``loc`` without the tag pydantic puts after ``data`` for the dataset variant (a reader never wrote it)."""
+    return [p for i, p in enumerate(loc) if not (i and loc[i - 1] == "data" and p in _DATA_VARIANTS)]
+
+
 def _expected_keys(loc: tuple, root: type[BaseModel]) -> list[str]:
     """The keys allowed where ``loc`` points, for an unknown-key message."""
     node: Any = root
-    for part in loc[:-1]:
-        if part in _DATA_VARIANTS:
+    for i, part in enumerate(loc[:-1]):
+        if i and loc[i - 1] == "data" and part in _DATA_VARIANTS:
             node = _DATA_VARIANTS[part]
         elif isinstance(node, type) and issubclass(node, BaseModel) and part in node.model_fields:
             node = node.model_fields[part].annotation
             members = [a for a in getattr(node, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
-            if len(members) == 1:  # Optional[Model]
+            if len(members) == 1:  # Optional[Model], list[Model]
                 node = members[0]
+        elif isinstance(part, int):  # an item of a list of sections
+            continue
         else:
             return []
     return list(node.model_fields) if isinstance(node, type) and issubclass(node, BaseModel) else []
@@ -256,21 +364,35 @@ def _expected_keys(loc: tuple, root: type[BaseModel]) -> list[str]:
 
 def describe_error(error: dict, root: type[BaseModel]) -> str:
     """One line for a pydantic error: the key, the value, what was expected."""
-    loc, kind = tuple(error["loc"]), error["type"]
-    # Discriminated unions put the variant's tag in the path; a reader never wrote it.
-    key = ".".join(str(p) for p in loc if p not in _DATA_VARIANTS) or "config"
+    loc, kind, value = tuple(error["loc"]), error["type"], error.get("input")
+    parts = _key_parts(loc)
+    key = ".".join(str(p) for p in parts) or "config"
     if kind == "extra_forbidden":
         allowed = _expected_keys(loc, root)
         return f"unknown key {key!r}" + (f"; expected one of {', '.join(allowed)}" if allowed else "")
+    if kind == "invalid_key" or (parts and parts[-1] == "[key]"):  # a key of a section, or of a free-form mapping
+        if parts[-1] == "[key]":
+            parts, loc = parts[:-1], loc[:-1]
+        where = ".".join(str(p) for p in parts[:-1])
+        allowed = _expected_keys(loc, root) if kind == "invalid_key" else []
+        return (f"key {shown(value)}{' in ' + where if where else ''} is not a name; expected a string key"
+                + (f", one of {', '.join(allowed)}" if allowed else ""))
     if kind == "missing":
         return f"{key} is missing; it is required"
     if kind.startswith("union_tag"):
-        value = error["input"].get("name") if isinstance(error["input"], dict) else error["input"]
-        return f"{key}.name = {value!r}: expected one of {', '.join(_DATA_VARIANTS)}"
-    message = error["msg"].removeprefix("Value error, ").replace("Input should be", "expected")
+        name = value.get("name") if isinstance(value, dict) else value
+        return f"{key}.name = {shown(name)}: expected one of {', '.join(_DATA_VARIANTS)}"
+    if kind == "kdlens_key":
+        context = error.get("ctx", {})
+        inner = context.get("inner")
+        full = ".".join(str(p) for p in [*parts, inner] if p != "") or "config"
+        shown_value = context.get("value")
+        return f"{full}{'' if shown_value is None else ' = ' + shown_value}: {context.get('expected')}"
+    message = one_line(error["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    message = message.replace("Input should be", "expected")
     if kind == "value_error" and (message.startswith(key) or not loc):  # a cross-field check names its own key
         return message
-    return f"{key} = {error['input']!r}: {message}"
+    return f"{key} = {shown(value)}: {message}"
 
 
 def validate(schema: type[Schema], raw: Any, source: str = "config") -> Schema:
@@ -278,13 +400,15 @@ def validate(schema: type[Schema], raw: Any, source: str = "config") -> Schema:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a mapping of keys to values, got {type(raw).__name__}")
+        raise ConfigError(one_line(f"{source}: expected a mapping of keys to values, got {type(raw).__name__}"))
     try:
         return schema.model_validate(raw)
     except ValidationError as exc:
         errors = exc.errors()
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise ConfigError(f"{source}: {describe_error(errors[0], schema)}{more}") from None
+        raise ConfigError(one_line(f"{source}: {describe_error(errors[0], schema)}{more}")) from None
+    except RecursionError:
+        raise ConfigError(one_line(f"{source}: nested too deeply (a value that contains itself?)")) from None
 
 
 def parse_config(raw: Any, source: str = "config") -> ExperimentConfig:
@@ -292,17 +416,64 @@ def parse_config(raw: Any, source: str = "config") -> ExperimentConfig:
     return validate(ExperimentConfig, raw, source)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (plain
+    PyYAML keeps the last one silently, so a second ``teacher:`` section would
+    quietly replace the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may repeat keys on purpose
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                repeated = key in seen
+            except TypeError:  # an unhashable key: the loader itself refuses it
+                continue
+            if repeated:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {shown(key)} appears twice in one mapping; expected each key once",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path) -> Any:
-    """A config file's contents, or a one-line :class:`ConfigError`."""
+    """A config file's contents (a non-empty YAML document), or a one-line :class:`ConfigError`."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
+    name = repr(str(path))
+    if _is(path, "dir"):
+        raise ConfigError(one_line(f"config file {name} is a directory; expected a YAML file"))
+    if not _is(path, "file"):
+        raise ConfigError(one_line(f"config file {name} does not exist"))
     try:
-        return yaml.safe_load(path.read_text())
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(one_line(f"config file {name} cannot be read: {exc.strerror or exc}")) from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(one_line(
+            f"config file {name} is not UTF-8 text (byte {exc.start} is 0x{data[exc.start]:02x}); "
+            "expected a YAML config")) from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        problem = getattr(exc, "problem", None) or exc
+        if isinstance(exc, yaml.reader.ReaderError):  # a character YAML does not allow
+            line = text.count("\n", 0, exc.position) + 1
+            character = exc.character if isinstance(exc.character, int) else ord(exc.character)
+            where, problem = f" at line {line}", f"{exc.reason} (U+{character:04X})"
+        raise ConfigError(one_line(f"{path}: not valid YAML{where}: {problem}")) from None
+    except RecursionError:
+        raise ConfigError(one_line(f"{path}: nested too deeply to read")) from None
+    if raw is None:
+        raise ConfigError(one_line(f"config file {name} is empty; expected a mapping of config keys to values "
+                                   "(e.g. seed: 0)"))
+    return raw
 
 
 def load_config(path: str | Path) -> ExperimentConfig:

@@ -10,6 +10,15 @@ Layout of a run::
 Every file is written to a temporary name in the same directory and moved into
 place with :func:`os.replace`, so a reader (or a resumed run) never sees a
 half-written file: a checkpoint either exists completely or not at all.
+Written files get the permissions :func:`open` would give them.
+
+A checkpoint is data, never code: every ``.pt`` file kdlens reads (run
+checkpoints, a teacher checkpoint from elsewhere, analysis caches, saved
+networks) goes through :func:`load_checkpoint_file`, which unpickles with
+``weights_only=True`` (tensors, numbers, strings, lists, dicts and nothing
+that could run code), and weights go into a model through
+:func:`load_weights`. Both turn every way a file can be wrong into one
+:class:`~kdlens.errors.CheckpointError` line that names the file.
 """
 
 from __future__ import annotations
@@ -17,24 +26,54 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle
 import platform
 import re
 import tempfile
 import time
+import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import torch
+from torch import nn
+
+from kdlens.errors import CheckpointError, MissingFileError, UsageError
 
 CHECKPOINT_PATTERN = re.compile(r"^epoch_(\d{3,})\.pt$")
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it.
+
+    ``os.umask`` can only be read by setting it, and another thread creating a
+    file in between would get the temporary mask, so Linux's
+    ``/proc/self/status`` is read first; the set-and-restore is the fallback."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and :func:`os.replace`.
+
+    The file gets the mode a new file from :func:`open` would get, 0o666 less
+    the umask: ``mkstemp`` makes 0600 files whatever the umask, which would
+    hide a run's results from the group it is shared with."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode = 0o666 & ~current_umask()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
+            os.chmod(tmp, mode)
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -56,6 +95,118 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def _reason(exc: BaseException) -> str:
+    """``exc`` in a few words for a one-line message: its type and first sentence."""
+    text = str(exc).strip()
+    sentence = text.splitlines()[0].split(". ")[0].rstrip(".") if text else ""
+    return f"{type(exc).__name__}: {sentence}" if sentence else type(exc).__name__
+
+
+def load_checkpoint_file(
+    path: str | Path,
+    map_location: str | torch.device = "cpu",
+    *,
+    required: Sequence[str] = (),
+    kind: str = "checkpoint",
+) -> dict[str, Any]:
+    """The dict saved in ``path``, read as data only (``weights_only=True``).
+
+    A checkpoint may come from anywhere (``student.teacher_checkpoint``, a run
+    directory copied from someone else), and unpickling it with
+    ``weights_only=False`` would run whatever code it names. Refused pickles,
+    truncated or foreign files, content that is not a dict and dicts without
+    the ``required`` keys all raise :class:`CheckpointError` naming the file;
+    ``kind`` says in that message what the file was meant to be."""
+    path = Path(path)
+    where = f"{kind} {str(path)!r}"
+    if not path.is_file():
+        raise MissingFileError(f"{where} does not exist; expected a file written by kdlens (torch.save)")
+    try:
+        with warnings.catch_warnings():  # a raw pickle's protocol warning would precede the one-line error
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's data-only unpickler names the first global it refused
+        # ("... unsupported GLOBAL posix.system ..."); other unpickling
+        # failures mean the bytes are no torch checkpoint at all.
+        refused = re.search(r"GLOBAL\s+([\w.]+)", str(exc))
+        if refused:
+            raise CheckpointError(
+                f"{where} was refused: it asks to load {refused.group(1)}, and kdlens loads checkpoints as "
+                "data only (tensors, numbers, strings, lists, dicts), never as code"
+            ) from None
+        reason = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(exc))
+        raise CheckpointError(
+            f"{where} is truncated or not a torch checkpoint "
+            f"(unpickling failed: {reason.group(1).strip() if reason else _reason(exc)})"
+        ) from None
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        raise CheckpointError(f"{where} cannot be read: {exc.strerror}") from None
+    except Exception as exc:  # noqa: BLE001 - any failure to parse untrusted bytes means a bad file
+        # A truncated zip is a RuntimeError ("PytorchStreamReader failed ..."),
+        # an empty file an EOFError, text a KeyError: all the same to the user.
+        raise CheckpointError(
+            f"{where} is truncated or not a torch checkpoint ({_reason(exc)})"
+        ) from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{where} holds a {type(obj).__name__}; expected a dict written by kdlens")
+    missing = [key for key in required if key not in obj]
+    if missing:
+        raise CheckpointError(
+            f"{where} has no key {missing[0]!r}; expected a kdlens checkpoint with keys {', '.join(required)}"
+        )
+    return obj
+
+
+def weights_mismatch(model: nn.Module, state: Any, *, strict: bool = True) -> Optional[str]:
+    """The first reason ``state`` cannot be loaded into ``model``, or None.
+
+    Computed here rather than read from ``load_state_dict``'s error, whose
+    first line names only the model class and whose key lists can run to
+    hundreds of names."""
+    if not isinstance(state, Mapping):
+        return f"the weights are a {type(state).__name__}, not a dict of tensors"
+    expected = model.state_dict()
+    for key, tensor in expected.items():
+        if key not in state:
+            if strict:
+                return f"missing key {key!r}"
+            continue
+        value = state[key]
+        if not isinstance(value, torch.Tensor):
+            return f"key {key!r} holds a {type(value).__name__}, not a tensor"
+        if value.shape != tensor.shape:
+            return f"key {key!r} has shape {tuple(value.shape)}, the model's is {tuple(tensor.shape)}"
+    unexpected = [key for key in state if key not in expected]
+    if unexpected:
+        return f"unexpected key {unexpected[0]!r}"
+    return None
+
+
+def check_weights(model: nn.Module, state: Any, *, source: str, model_name: str, strict: bool = True) -> None:
+    """Raise :class:`CheckpointError` unless ``state`` fits ``model``.
+
+    ``source`` names where the weights came from (e.g. ``checkpoint 'x.pt'``),
+    ``model_name`` the model they were meant for (e.g. ``vgg11 (width 0.5)``).
+    With ``strict=False`` a part of the model's keys may be given."""
+    problem = weights_mismatch(model, state, strict=strict)
+    if problem is not None:
+        raise CheckpointError(f"{source} does not fit the model {model_name}: {problem}")
+
+
+def load_weights(model: nn.Module, state: Any, *, source: str, model_name: str, strict: bool = True) -> None:
+    """Load ``state`` into ``model`` or raise one :class:`CheckpointError` line
+    naming ``source``, ``model_name`` and the first mismatch: the one place that
+    puts user-supplied weights into a model."""
+    check_weights(model, state, source=source, model_name=model_name, strict=strict)
+    try:
+        model.load_state_dict(state, strict=strict)
+    except RuntimeError as exc:  # what the key and shape checks above cannot see
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(exc).__name__)
+        raise CheckpointError(f"{source} does not fit the model {model_name}: {detail}") from None
 
 
 class CheckpointStore:
@@ -83,13 +234,18 @@ class CheckpointStore:
         atomic_torch_save(state, path)
         return path
 
-    def load(self, epoch: int, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    def load(
+        self, epoch: int, map_location: str | torch.device = "cpu", *, required: Sequence[str] = ()
+    ) -> dict[str, Any]:
+        """The checkpoint of ``epoch``, read as data (:func:`load_checkpoint_file`);
+        a file without one of the ``required`` keys the caller is about to use
+        (a foreign file named like a checkpoint) is a :class:`CheckpointError`."""
         path = self.path(epoch)
         if not path.is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"checkpoint {str(path)!r} does not exist; this run has epochs {self.epochs()}"
             )
-        return torch.load(path, map_location=map_location, weights_only=False)
+        return load_checkpoint_file(path, map_location, required=required)
 
     def __iter__(self) -> Iterator[tuple[int, dict[str, Any]]]:
         for epoch in self.epochs():
@@ -127,7 +283,7 @@ class RunDirectory:
         if self.config_path.is_file():
             existing = self.config_path.read_text()
             if existing != config_text:
-                raise ValueError(
+                raise UsageError(
                     f"run directory {str(self.root)!r} was made by a different config; "
                     "expected the same config to resume it (use another --out to start a new run)"
                 )

@@ -70,7 +70,15 @@ from kdlens.discarding.units import foreground_units, grid_units, unit_foregroun
 from kdlens.models import build_model
 from kdlens.seeding import derive_seed
 from kdlens.report.validation_maps import maps_figure
-from kdlens.store import CheckpointStore, atomic_torch_save, atomic_write_bytes, atomic_write_json
+from kdlens.errors import CheckpointError, UsageError
+from kdlens.store import (
+    CheckpointStore,
+    atomic_torch_save,
+    atomic_write_bytes,
+    atomic_write_json,
+    load_checkpoint_file,
+    load_weights,
+)
 from kdlens.train.evaluate import evaluate
 from kdlens.train.loop import Phase, train_phases
 
@@ -115,13 +123,13 @@ class ValidationSettings:
                     "converged_steps", "converged_noise_samples")
         for name in positive:
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} = {getattr(self, name)!r}: expected an integer >= 1")
+                raise UsageError(f"{name} = {getattr(self, name)!r}: expected an integer >= 1")
         if self.threads < 1:
-            raise ValueError(f"threads = {self.threads!r}: expected an integer >= 1")
+            raise UsageError(f"threads = {self.threads!r}: expected an integer >= 1")
         if self.epochs < 0 or self.map_samples < 0:
-            raise ValueError(f"epochs = {self.epochs}, map_samples = {self.map_samples}: expected >= 0")
+            raise UsageError(f"epochs = {self.epochs}, map_samples = {self.map_samples}: expected >= 0")
         if not self.grid <= self.image_size:
-            raise ValueError(f"grid = {self.grid}: expected at most image_size = {self.image_size}")
+            raise UsageError(f"grid = {self.grid}: expected at most image_size = {self.image_size}")
 
     def training_key(self, network: str) -> dict[str, Any]:
         """The settings a network's weights depend on (checked when reused)."""
@@ -164,7 +172,7 @@ def measured_indices(background_set: SyntheticShapes, count: int) -> list[int]:
             taken[label] = taken.get(label, 0) + 1
             if len(chosen) == count:
                 return chosen
-    raise ValueError(
+    raise UsageError(
         f"only {len(chosen)} of {len(background_set)} training images have the same object under both cues; "
         f"expected samples = {count}: use more training samples or fewer measured ones"
     )
@@ -187,13 +195,14 @@ def _network(out: Path, settings: ValidationSettings, network: str, data: dict[s
     key = settings.training_key(network)
     model = _build(settings, network)
     if path.is_file():
-        saved = torch.load(path, map_location="cpu", weights_only=True)  # data, never code
-        if saved.get("key") != key:
-            raise ValueError(
-                f"{path} holds a {network} network trained with other settings ({saved.get('key')}); "
+        saved = load_checkpoint_file(path, required=("key", "model", "record"), kind="validation network")
+        if saved["key"] != key:
+            raise CheckpointError(
+                f"{path} holds a {network} network trained with other settings ({saved['key']}); "
                 f"expected {key}: use another --out directory"
             )
-        model.load_state_dict(saved["model"])
+        load_weights(model, saved["model"], source=f"validation network {str(path)!r}",
+                     model_name=f"{settings.arch} (width {settings.width:g})")
         model.eval()
         return model, {**saved["record"], "reused": True}
     cue = CUES[network]
@@ -249,8 +258,8 @@ def _measure(out: Path, settings: ValidationSettings, network: str, estimator: s
            "layer": settings.layer, "grid": settings.grid, "indices": indices, "format": FORMAT_VERSION}
     path = out / "measurements" / f"{network}-{estimator}.pt"
     if path.is_file():
-        saved = torch.load(path, map_location="cpu", weights_only=True)  # data, never code
-        if saved.get("key") == key:
+        saved = load_checkpoint_file(path, required=("key", "result"), kind="validation measurement")
+        if saved["key"] == key:
             return saved["result"]
     began = time.perf_counter()
     result = information_discarding(model, inputs, settings.layer, units, estimator=estimator,

@@ -11,21 +11,28 @@ the teacher on all the data, the students on 100 / 50 / 25 / 10 % of it).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from kdlens.config import (
+    MAX_SEED,
     DataConfig,
     ExperimentConfig,
     ModelConfig,
     OptimConfig,
     Strict,
     SyntheticData,
+    check_device,
+    finite_options,
+    key_error,
+    one_line,
     paper_layer,
     read_yaml,
+    shown,
     validate,
 )
 from kdlens.distill import METHODS
@@ -35,13 +42,33 @@ BASELINE = "baseline"
 LABELS = {"baseline": "Student", "kd": "KD", "at": "AT", "ft": "FT", "od": "OD", "feature_mse": "FitNet-MSE",
           "ie_at": "IE-AT", "ie_ft": "IE-FT", "ie_od": "IE-OD", "dml": "DML", "ie_dml": "IE-DML",
           "iep": "IEP"}
+# A label becomes a table header, a Markdown heading, a CSV cell and a folder
+# name (see ``label_folder``), so it keeps to characters that are safe in all.
+LABEL_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.+()/=,:%-]{0,39}")
+LABEL_RULE = "1 to 40 ASCII letters, digits, spaces and - _ . + ( ) / = , : %, starting with a letter or digit"
+INDEPENDENT = "Independent"  # the mutual-learning table's row of networks trained alone
+MUTUAL_OPTIONS = TypeAdapter(MutualOptions)
+
+
+def check_label(label: Optional[str]) -> Optional[str]:
+    if label is not None and not LABEL_PATTERN.fullmatch(label):
+        raise ValueError(f"expected {LABEL_RULE}")
+    return label
+
+
+def label_folder(title: str) -> str:
+    """The folder a method's runs go to; the same folding as ``kdlens.compare.runner.safe_name``."""
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", title)
 
 
 class MethodEntry(Strict):
     name: str
-    label: Optional[str] = None
+    label: Optional[str] = Field(None, description=LABEL_RULE)
     layer: Optional[str] = Field(None, description="the layer distilled (default: the config's layer)")
     options: dict[str, Any] = Field(default_factory=dict)
+
+    _label = field_validator("label")(classmethod(lambda cls, label: check_label(label)))
+    _finite_options = field_validator("options")(classmethod(lambda cls, options: finite_options(options)))
 
     @field_validator("name")
     @classmethod
@@ -76,16 +103,33 @@ class MethodEntry(Strict):
 
 class MutualEntry(Strict):
     mode: Literal["dml", "ie_dml"]
-    label: Optional[str] = None
+    label: Optional[str] = Field(None, description=LABEL_RULE)
     options: dict[str, Any] = Field(default_factory=dict, description="IE-DML: layer, lambda_rec, lambda_inh, ...")
+
+    @field_validator("label")
+    @classmethod
+    def _label(cls, label: Optional[str]) -> Optional[str]:
+        if label == INDEPENDENT:
+            raise ValueError(f"{INDEPENDENT!r} names the networks trained alone; expected another label")
+        return check_label(label)
+
+    _finite_options = field_validator("options")(classmethod(lambda cls, options: finite_options(options)))
 
     @model_validator(mode="after")
     def _options(self) -> "MutualEntry":
         allowed = set(MutualOptions.__dataclass_fields__)
         unknown = set(self.options) - allowed
         if unknown:
-            raise ValueError(f"mutual.options: unknown key(s) {', '.join(sorted(unknown))}; "
-                             f"expected some of {', '.join(sorted(allowed))}")
+            raise key_error("options", f"unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
+                                       f"expected some of {', '.join(sorted(allowed))}", show_value=False)
+        try:
+            typed = MUTUAL_OPTIONS.validate_python(self.options)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = ".".join(["options", *(str(p) for p in error["loc"])])
+            raise key_error(where, one_line(error["msg"]).replace("Input should be", "expected"),
+                            error["input"]) from None
+        self.options = {key: getattr(typed, key) for key in self.options}  # as the runner will use them
         return self
 
     @property
@@ -100,14 +144,14 @@ class ComparisonAnalysis(Strict):
     relevance_images: int = Field(6, ge=0, description="test images in the LRP heatmap figure")
     samples: int = Field(500, ge=2, description="training images for CKA, active neurons and sharpness")
     energy: float = Field(0.95, gt=0.0, le=1.0, description="share of the gradient energy active neurons hold")
-    sharpness_sigmas: list[float] = [0.0, 0.01, 0.02, 0.03, 0.04]
+    sharpness_sigmas: list[Annotated[float, Field(ge=0.0)]] = [0.0, 0.01, 0.02, 0.03, 0.04]
     sharpness_draws: int = Field(3, ge=1)
     iep_images_per_class: int = Field(8, ge=1, description="test images per class in the IEP knowledge figures")
 
 
 class CompareConfig(Strict):
-    seeds: list[int] = Field([0, 1], min_length=1)
-    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] = Field([0, 1], min_length=1)
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
     data: DataConfig = SyntheticData(student_fraction=1.0)
     teacher_model: ModelConfig = ModelConfig(arch="vgg11", width=0.5)
     model: ModelConfig = ModelConfig(arch="vgg11", width=0.25)
@@ -134,6 +178,7 @@ class CompareConfig(Strict):
         return data
 
     _layer = field_validator("layer")(classmethod(lambda cls, layer: paper_layer(layer)))
+    _device = field_validator("device")(classmethod(lambda cls, name: check_device(name)))
 
     @field_validator("seeds")
     @classmethod
@@ -175,7 +220,14 @@ class CompareConfig(Strict):
         titles = [e.title for e in entries]
         repeated = sorted({t for t in titles if titles.count(t) > 1})
         if repeated:
-            raise ValueError(f"{', '.join(repeated)} listed twice; give each a distinct label")
+            raise key_error("", f"{', '.join(repeated)} listed twice; give each a distinct label", show_value=False)
+        folders: dict[str, str] = {}
+        for title in titles:  # one folder per method, on case-insensitive file systems too
+            other = folders.setdefault(label_folder(title).lower(), title)
+            if other != title:
+                raise key_error("", f"labels {other!r} and {title!r} would share the folder "
+                                    f"{label_folder(title)!r}; expected labels that differ in more than case, "
+                                    "spaces or punctuation", show_value=False)
         return entries
 
     @model_validator(mode="after")
@@ -185,8 +237,19 @@ class CompareConfig(Strict):
                 continue
             try:
                 entry.build(self.layer)
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"methods: {entry.title}: options {entry.options!r}: {exc}") from None
+            except (TypeError, ValueError, ArithmeticError) as exc:  # what the options make the method raise
+                raise ValueError(f"methods: {entry.title}: options {shown(entry.options)}: {one_line(exc)}") from None
+        for mutual in self.mutual:
+            options = {"layer": self.layer, **mutual.options}
+            try:
+                paper_layer(options["layer"])
+                if not options.get("lambda_rec", 0.0) >= 0:
+                    raise ValueError(f"lambda_rec = {options['lambda_rec']!r}: expected >= 0")
+                if mutual.mode == "ie_dml":
+                    options.pop("lambda_rec", None)
+                    METHODS.build("ie_ft", **options)
+            except (TypeError, ValueError, ArithmeticError) as exc:  # what the options make the method raise
+                raise ValueError(f"mutual: {mutual.title}: options {shown(mutual.options)}: {one_line(exc)}") from None
         if BASELINE not in [e.name for e in self.methods]:
             raise ValueError(f"methods: expected {BASELINE!r} among them (every method is compared with it)")
         return self

@@ -16,6 +16,7 @@ from kdlens.compare.runner import Comparison, safe_name
 from kdlens.compare.tables import (
     claims,
     error_stats,
+    markdown_text,
     per_seed_table,
     rate_claims,
     rate_table,
@@ -34,11 +35,11 @@ def _claim_lines(checks: list[dict[str, Any]]) -> list[str]:
     lines = []
     for c in checks:
         if c["holds"] is None:
-            lines.append(f"- {c['claim']}: not measured")
+            lines.append(f"- {markdown_text(c['claim'])}: not measured")
             continue
         word = "**yes**" if c["holds"] else "**no**"
         noise = " (within the seed-to-seed spread)" if c["within_noise"] else ""
-        lines.append(f"- {c['claim']}: {word}, {c['gap']:+.2f} error points{noise}")
+        lines.append(f"- {markdown_text(c['claim'])}: {word}, {c['gap']:+.2f} error points{noise}")
     return lines
 
 
@@ -49,7 +50,7 @@ def _untrained_lines(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> 
     for title, per_seed in results.items():
         train = error_stats(per_seed, "train_error")
         if train["mean"] is not None and train["mean"] >= 50.0:
-            lines.append(f"- {title} did not fit the training set (train error {train['mean']:.1f}%): "
+            lines.append(f"- {markdown_text(title)} did not fit the training set (train error {train['mean']:.1f}%): "
                          "its distillation loss overwhelmed the task loss at these settings")
     return lines
 
@@ -65,7 +66,8 @@ def _sharpness_lines(curves: Mapping[str, list], baseline: str) -> list[str]:
         curve = curves[title]
         depth, base_depth = curve[0]["loss_mean"], base[0]["loss_mean"]
         rise, base_rise = curve[-1]["loss_mean"] - depth, base[-1]["loss_mean"] - base_depth
-        head = (f"- {title}: loss {depth:.3f} → {curve[-1]['loss_mean']:.3f} at σ = {curve[-1]['sigma']:g}, "
+        head = (f"- {markdown_text(title)}: loss {depth:.3f} → {curve[-1]['loss_mean']:.3f} "
+                f"at σ = {curve[-1]['sigma']:g}, "
                 f"independent student {base_depth:.3f} → {base[-1]['loss_mean']:.3f}")
         if max(depth, base_depth) > 2 * min(depth, base_depth):
             lines.append(f"{head} — not comparable: minima of different depth")
@@ -93,17 +95,18 @@ def _rate_lines(comparison: Comparison, baseline: str, put) -> list[str]:
         if entry.name != "iep":
             continue
         for check in rate_claims(by_rate, entry.title, baseline, rivals):
+            claim = markdown_text(check["claim"])
             if check["holds"] is None:
-                lines.append(f"- {check['claim']}: not measured")
+                lines.append(f"- {claim}: not measured")
                 continue
             word = "**yes**" if check["holds"] else "**no**"
             if "gains" in check:
                 gains = ", ".join(f"{g:+.2f} at {r}" for r, g in check["gains"].items())
-                lines.append(f"- {check['claim']}: {word} (accuracy points over {baseline}: {gains}; "
+                lines.append(f"- {claim}: {word} (accuracy points over {markdown_text(baseline)}: {gains}; "
                              "compare the difference with the seed-to-seed spread in the table)")
             else:
                 noise = " (within the seed-to-seed spread)" if check["within_noise"] else ""
-                lines.append(f"- {check['claim']}: {word}, {check['gap']:+.2f} accuracy points{noise}")
+                lines.append(f"- {claim}: {word}, {check['gap']:+.2f} accuracy points{noise}")
     lines.append("")
     return lines
 
@@ -116,7 +119,7 @@ def _iep_lines(comparison: Comparison, knowledge: Mapping[str, Mapping[str, Any]
         maps = put(f"figures/iep_{name}_knowledge.png", iep_figures.knowledge_maps(k))
         scatter = put(f"figures/iep_{name}_components.png", iep_figures.component_scatter(k))
         losses = ", ".join(f"{v:.4f}" for v in k["mpnn_losses"]) or "not recorded"
-        lines += [f"### {title}", "",
+        lines += [f"### {markdown_text(title)}", "",
                   f"Sensing points {', '.join(k['points'])}; seed {comparison.config.seeds[0]}; "
                   f"{len(k['labels'])} test images sorted by class. MPNN loss on the teacher per epoch "
                   f"(Eq. 13, summed over the pairs): {losses}.", "",
@@ -125,7 +128,8 @@ def _iep_lines(comparison: Comparison, knowledge: Mapping[str, Mapping[str, Any]
             lines += ["How far each student's knowledge is from the teacher's on these images, through the "
                       "same statistics and MPNN (lower is closer):", "",
                       "| student | L_int (Eq. 18) | L_alt (Eq. 19) |", "|---|---|---|",
-                      *(f"| {t} | {d['L_int']:.4f} | {d['L_alt']:.4f} |" for t, d in k["distances"].items()), ""]
+                      *(f"| {markdown_text(t)} | {d['L_int']:.4f} | {d['L_alt']:.4f} |"
+                        for t, d in k["distances"].items()), ""]
     return lines
 
 
@@ -194,7 +198,7 @@ def write_comparison_report(comparison: Comparison, analysis: Optional[Mapping[s
             for net in ("net1", "net2"):
                 a, b = mutual[title][net].get("mean"), mutual["Independent"][net].get("mean")
                 if a is not None and b is not None:
-                    lines.append(f"- {title} {net} vs independent: {b - a:+.2f} error points "
+                    lines.append(f"- {markdown_text(title)} {net} vs independent: {b - a:+.2f} error points "
                                  f"({'better' if a < b else 'not better'})")
         lines.append("")
     if analysis:
@@ -210,7 +214,8 @@ def write_comparison_report(comparison: Comparison, analysis: Optional[Mapping[s
             lines += ["![CKA](figures/cka.png)", ""]
             for title, values in analysis["cka"].items():
                 lower = values["ie"] < values["independent"]
-                lines.append(f"- {title}: CKA(inh, exp) {values['ie']:.3f} vs independent {values['independent']:.3f}"
+                lines.append(f"- {markdown_text(title)}: CKA(inh, exp) {values['ie']:.3f} "
+                             f"vs independent {values['independent']:.3f}"
                              f" — {'more diverse, as the paper found' if lower else 'not more diverse (the paper found lower CKA)'}")
             lines.append("")
         if analysis.get("active_neurons"):

@@ -96,12 +96,12 @@ class Comparison:
 
 def train_comparison(config: CompareConfig, out: str | Path, *, progress: bool = True) -> Comparison:
     out = Path(out)
-    run = RunDirectory(out)
-    run.initialise(dump_compare_config(config), config.seeds[0])
+    device = resolve_device(config.device)  # before anything is written to out
     first = config.experiment(config.seeds[0])
-    device = resolve_device(config.device)
     began = time.perf_counter()
     datasets = build_datasets(first)  # one data set for every seed
+    run = RunDirectory(out)
+    run.initialise(dump_compare_config(config), config.seeds[0])
     # the students' share at each rate: the first seed's draw for every seed and method
     rate_sets = {rate: student_split(first, datasets[0], rate) for rate in config.rates}
     train_set = rate_sets[config.rates[0]]

@@ -40,9 +40,17 @@ def fmt_error(stats: Optional[Mapping[str, Any]]) -> str:
     return f"{stats['mean']:.2f} ± {stats['std']:.2f}"
 
 
+def markdown_text(text: str) -> str:
+    """``text`` (a method label, a claim naming one) as literal Markdown: a ``|``
+    cannot split a table cell, ``<...>`` shows as text rather than HTML, and a
+    line break cannot end a table row."""
+    text = str(text).replace("\\", "\\\\").replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return " ".join(text.replace("|", "\\|").split())
+
+
 def _markdown(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines = ["| " + " | ".join(map(markdown_text, header)) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(map(markdown_text, row)) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 

@@ -12,6 +12,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
+from kdlens.errors import UsageError
+
 
 class Sample(NamedTuple):
     """One example. ``image`` is float32 (C, H, W), already normalised with the
@@ -54,7 +56,9 @@ def fraction_indices(n: int, fraction: float, seed: int) -> list[int]:
     student and the baseline train on (the paper uses 10%). Sorted, at least one
     index, and the same for equal ``(n, fraction, seed)``."""
     if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction = {fraction!r}: expected a number in (0, 1]")
+        raise UsageError(f"fraction = {fraction!r}: expected a number in (0, 1]")
+    if n < 1:
+        raise UsageError(f"fraction = {fraction!r} of an empty dataset; expected a dataset of at least one sample")
     k = max(1, round(n * fraction))
     generator = torch.Generator().manual_seed(seed)
     return sorted(torch.randperm(n, generator=generator)[:k].tolist())

@@ -1,6 +1,18 @@
 """Loading real images and masks into kdlens samples, shared by the CUB and
 folder readers: RGB image + bool mask -> optional crop -> square resize
-(image bilinear, mask nearest so it stays a hard 0/1 mask) -> tensors."""
+(image bilinear, mask nearest so it stays a hard 0/1 mask) -> tensors.
+
+A file that cannot be decoded is a :class:`~kdlens.errors.DataError` naming
+it, whenever it is met. The readers also run :func:`check_images` on every
+file they list when they are built, so a file that is not an image at all
+(empty, truncated header, an HTML page saved as .jpg) stops a run before it
+trains rather than hours into it. That check opens each file and runs
+Pillow's ``verify()``, which parses the header (and, for PNG, checks the
+chunk checksums) without decoding pixels: measured at about 0.1 ms a file
+with a warm disk cache, about 1 s for CUB's 11,788 images, against about
+5 ms a file to decode one. A JPEG whose data is cut off after an intact
+header passes it and is reported when it is loaded.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +26,7 @@ from PIL import Image
 from torch import Tensor
 
 from kdlens.data.base import normalize
+from kdlens.errors import DataError, MissingFileError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -22,17 +35,61 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 Box = tuple[int, int, int, int]  # left, top, right, bottom: pixel edges, right/bottom exclusive
 
 
+# What Pillow raises for a file it cannot read: UnidentifiedImageError and
+# truncated data are OSErrors; some format plugins raise SyntaxError or
+# ValueError on a malformed header.
+IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
 def require(path: Path, expected: str) -> Path:
-    """``path`` if it exists, else a one-line FileNotFoundError saying what was expected there."""
+    """``path`` if it exists, else a one-line :class:`MissingFileError` saying what was expected there."""
     if not path.exists():
-        raise FileNotFoundError(f"{str(path)!r} does not exist; expected {expected}")
+        raise MissingFileError(f"{str(path)!r} does not exist; expected {expected}")
     return path
+
+
+def _reason(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def unreadable(path: Path, what: str, error: BaseException) -> DataError:
+    """The one-line error for a file Pillow cannot read."""
+    return DataError(f"{str(path)!r} cannot be read as {what} ({_reason(error)}); expected a readable image file")
+
+
+def _open_checked(path: Path, what: str, read):
+    """``read(image)`` on the opened file; Pillow's errors become one :class:`DataError` naming it."""
+    try:
+        with Image.open(path) as image:
+            return read(image)
+    except FileNotFoundError:
+        raise MissingFileError(f"{str(path)!r} does not exist; expected {what}") from None
+    except IMAGE_ERRORS as error:
+        raise unreadable(path, what, error) from None
+
+
+def check_images(paths: Sequence[Path], what: str) -> None:
+    """Open every file and check its header (Pillow's ``verify()``, no decoding):
+    one :class:`DataError` naming the first file that is not a readable image,
+    and how many more are not. About 0.1 ms a file (see the module doc)."""
+    first: DataError | None = None
+    bad = 0
+    for path in paths:
+        try:
+            _open_checked(path, what, lambda image: image.verify())
+        except DataError as error:
+            bad += 1
+            first = first or error
+    if first is not None:
+        more = f" (and {bad - 1} more of the {len(paths)} files checked)" if bad > 1 else ""
+        raise DataError(f"{first}{more}")
 
 
 def load_rgb(path: Path) -> Image.Image:
     require(path, "an image file")
-    with Image.open(path) as image:
-        return image.convert("RGB")  # some real datasets hold grayscale or CMYK images
+    # some real datasets hold grayscale or CMYK images
+    return _open_checked(path, "an image", lambda image: image.convert("RGB"))
 
 
 def load_mask(path: Path, threshold: int = 1, size: tuple[int, int] | None = None) -> np.ndarray:
@@ -40,12 +97,15 @@ def load_mask(path: Path, threshold: int = 1, size: tuple[int, int] | None = Non
     the palette index) is >= ``threshold``. ``size`` = (width, height) resizes it
     (nearest) to its image, for masks saved at another resolution."""
     require(path, "a mask image")
-    with Image.open(path) as mask:
+
+    def read(mask: Image.Image) -> np.ndarray:
         if size is not None and mask.size != size:
             mask = mask.resize(size, Image.NEAREST)
         if mask.mode not in ("1", "L", "P", "I", "I;16", "F"):
             mask = mask.convert("RGB")
-        values = np.asarray(mask)
+        return np.asarray(mask)
+
+    values = _open_checked(path, "a mask image", read)
     if values.ndim == 3:
         values = values.max(axis=2)
     return values >= threshold

@@ -51,10 +51,20 @@ from kdlens.discarding.knowledge_points import DEFAULT_RULES, PointRule, foregro
 from kdlens.discarding.mimic import mimic_accuracies
 from kdlens.discarding.paper import paper_defaults
 from kdlens.discarding.units import foreground_units, grid_units, unit_foreground_share
+from kdlens.errors import CheckpointError, MissingFileError, UsageError
 from kdlens.seeding import derive_seed
-from kdlens.store import RunDirectory, atomic_torch_save, atomic_write_json
+from kdlens.store import RunDirectory, atomic_torch_save, atomic_write_json, check_weights, load_checkpoint_file
 
 ROLES_ANALYSED = ("teacher", "student", "baseline")  # and "random", the teacher at epoch 0
+CACHE_RECORD_KEYS = ("sigma", "valid", "converged", "reason")  # one analysed sample at one checkpoint
+
+
+class UnknownLayerError(UsageError, KeyError):
+    """An analysed layer the network does not have: a usage error (one line on
+    the command line) and a ``KeyError``, as the network's own lookup raises."""
+
+    def __str__(self) -> str:  # KeyError would print the message in quotes
+        return str(self.args[0]) if self.args else ""
 
 
 @dataclass(frozen=True)
@@ -89,8 +99,13 @@ class AnalysisSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check_estimator(self.estimator)
-        self.rule("vgg")  # validates threshold and baseline
+        try:
+            check_estimator(self.estimator)
+            self.rule("vgg")  # validates threshold and baseline
+        except UsageError:
+            raise
+        except ValueError as exc:  # their messages name the setting and what was expected
+            raise UsageError(str(exc)) from None
 
     def rule(self, arch: str) -> PointRule:
         """The knowledge-point rule for a network of architecture ``arch``."""
@@ -142,7 +157,7 @@ def analysis_indices(size: int, count: int, seed: int, pool: Optional[Sequence[i
     all ``size``); a larger count extends a smaller one."""
     pool = list(range(size)) if pool is None else list(pool)
     if not 1 <= count <= len(pool):
-        raise ValueError(f"samples = {count}: expected between 1 and the {len(pool)} images to draw from")
+        raise UsageError(f"samples = {count}: expected between 1 and the {len(pool)} images to draw from")
     order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(derive_seed(seed, "analysis")))
     return [int(pool[i]) for i in order[:count]]
 
@@ -158,7 +173,12 @@ def sample_indices(config, train_set: Dataset, test_set: Dataset, count: int, sp
 
 
 def _stage_prefixes(model, layer: str) -> tuple[str, ...]:
-    names = model.layer_names[: model.layer_names.index(model.check_layer(layer)) + 1]
+    if layer not in model.layer_names:
+        raise UnknownLayerError(
+            f"layer = {layer!r}: {type(model).__name__} has no layer {layer!r}; "
+            f"expected one of {', '.join(model.layer_names)}"
+        )
+    names = model.layer_names[: model.layer_names.index(layer) + 1]
     return tuple(f"stages.{name}." for name in names)
 
 
@@ -166,12 +186,16 @@ def _thin(epochs: list[int], max_epochs: Optional[int]) -> list[int]:
     if max_epochs is None or len(epochs) <= max_epochs:
         return epochs
     if max_epochs < 2:
-        raise ValueError(f"max_epochs = {max_epochs}: expected at least 2 (the initialisation and the last)")
+        raise UsageError(f"max_epochs = {max_epochs}: expected at least 2 (the initialisation and the last)")
     picks = torch.linspace(0, len(epochs) - 1, max_epochs).round().long().unique().tolist()
     return [epochs[i] for i in picks]
 
 
 class _Cache:
+    """The analysed samples of each checkpoint: ``{sample index: record}`` per
+    file, rewritten whole (atomically) after every batch, so a killed analysis
+    loses at most the batch it was computing."""
+
     def __init__(self, run: RunDirectory, settings: AnalysisSettings) -> None:
         self.root = run.root / "analysis" / f"{settings.layer}-{settings.key()}"
         self.root.mkdir(parents=True, exist_ok=True)
@@ -182,7 +206,18 @@ class _Cache:
 
     def load(self, role: str, epoch: int) -> dict[int, dict]:
         path = self.path(role, epoch)
-        return torch.load(path, weights_only=True) if path.is_file() else {}
+        if not path.is_file():
+            return {}
+        records = load_checkpoint_file(path, kind="analysis cache file")
+        for index, record in records.items():
+            if (not isinstance(index, int) or not isinstance(record, dict)
+                    or any(k not in record for k in CACHE_RECORD_KEYS)
+                    or not isinstance(record["sigma"], torch.Tensor)):
+                raise CheckpointError(
+                    f"analysis cache file {str(path)!r} has an entry {index!r} that is not a sample record "
+                    f"(expected keys {', '.join(CACHE_RECORD_KEYS)}); delete the file to compute it again"
+                )
+        return records
 
     def save(self, role: str, epoch: int, records: dict[int, dict]) -> None:
         atomic_torch_save(records, self.path(role, epoch))
@@ -206,12 +241,12 @@ def analyze_role(
     ``datasets`` (train, test) saves rebuilding them from the run's config."""
     run = RunDirectory(run) if not isinstance(run, RunDirectory) else run
     if split not in ("train", "test"):
-        raise ValueError(f"split = {split!r}: expected 'train' or 'test'")
+        raise UsageError(f"split = {split!r}: expected 'train' or 'test'")
     config = load_config(run.config_path)
     store = run.role(role)
     available = store.epochs()
     if not available:
-        raise FileNotFoundError(f"{store.checkpoints} has no checkpoints; train the {role} first")
+        raise MissingFileError(f"{store.checkpoints} has no checkpoints; train the {role} first")
     train_set, test_set = datasets or build_datasets(config)
     dataset = train_set if split == "train" else test_set
     indices = sample_indices(config, train_set, test_set, sample_count, split)
@@ -219,19 +254,29 @@ def analyze_role(
     images = torch.stack([s.image for s in samples])
     masks = torch.stack([s.mask for s in samples])
     height, width = images.shape[-2:]
+    if not 1 <= settings.grid <= min(height, width):
+        raise UsageError(f"grid = {settings.grid}: expected 1 to {min(height, width)} cells a side "
+                         f"for the run's {height}x{width} images")
     units = grid_units(height, width, settings.grid)
     foreground = foreground_units(unit_foreground_share(masks, units), settings.foreground_rule)
 
     model_config = config.resolved_teacher_model if role == "teacher" else config.model
     model = build_network(model_config, config, len(dataset.classes), init=role)
     arch = model_config.arch
+    model_name = f"{arch} (width {model_config.width:g}, the {role} model of {run.config_path})"
     prefixes = _stage_prefixes(model, settings.layer)
     parameter_names = [n for n, _ in model.named_parameters() if n.startswith(prefixes)]
 
     # One pass over every checkpoint: the layer's weights, whether they moved.
+    # Each file is data of unknown origin until it has the keys used below and
+    # weights of this run's model.
     layer_states, changed, metrics, phases = {}, [], {}, {}
     for epoch in available:
-        state = store.load(epoch)
+        state = store.load(epoch, required=("model", "metrics"))
+        source = f"checkpoint {str(store.path(epoch))!r}"
+        check_weights(model, state["model"], source=source, model_name=model_name)
+        if not isinstance(state["metrics"], dict) or "test_accuracy" not in state["metrics"]:
+            raise CheckpointError(f"{source} has no metrics.test_accuracy; expected a checkpoint written by kdlens train")
         layer_states[epoch] = {k: v for k, v in state["model"].items() if k.startswith(prefixes)}
         metrics[epoch], phases[epoch] = state["metrics"], state.get("phase", "train")
         previous = layer_states.get(changed[-1]) if changed else None
@@ -246,7 +291,7 @@ def analyze_role(
     else:
         missing = sorted(set(epochs) - set(available))
         if missing:
-            raise ValueError(f"epochs {missing} have no checkpoint in {store.checkpoints}; it has {available}")
+            raise UsageError(f"epochs {missing} have no checkpoint in {store.checkpoints}; it has {available}")
         chosen = sorted(set(epochs))
         thinned = False
 
@@ -320,6 +365,11 @@ def analyze_run(
     "random": the teacher's architecture at its initial weights (epoch 0),
     the reference for "nothing learned"."""
     run = RunDirectory(run) if not isinstance(run, RunDirectory) else run
+    if all(run.role(role).latest() is None for role in ROLES_ANALYSED):
+        raise MissingFileError(
+            f"run {str(run.root)!r} has no checkpoints ({', '.join(ROLES_ANALYSED)}: none trained); train it first "
+            f"(kdlens train --config {run.config_path} --out {run.root})"
+        )
     if datasets is None:
         datasets = build_datasets(load_config(run.config_path))
     analyses = {}

@@ -1,18 +1,93 @@
 """What both estimators of information discarding share: the result type, the
-feature f(x) of a layer, noise draws, and a model frozen for the measurement."""
+feature f(x) of a layer, noise draws, a model frozen for the measurement, the
+checks of their arguments, and the chunked forward that bounds their memory.
+
+Memory bound: an estimator step forwards B samples x S noise draws (S = 8
+for "converged", 96 for "paper"). :func:`noisy_distances` sends at most
+``max_batch`` of those B * S noisy inputs through the model at once and
+back-propagates each chunk before the next, accumulating the gradients, so
+the activations held at any time are those of one forward and backward of
+``max_batch`` inputs up to the measured layer (plus the step's noise draws,
+B * S input-sized tensors, drawn at once for the whole batch). The noise is
+drawn exactly as without chunking and only split afterwards, so the result
+does not depend on ``max_batch`` beyond float rounding (which the converged
+estimator's Adam can amplify near the optimum: measured up to 0.002 nats of
+entropy after 300 steps on a small VGG, against 0.13 between two seeds).
+Lower ``max_batch`` when a step runs out of memory; very small chunks cost
+time (per-forward overhead), not accuracy.
+"""
 
 from __future__ import annotations
 
 import math
+import numbers
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Callable, Literal
 
 import torch
 from torch import Tensor, nn
 
+from kdlens.errors import UsageError
 from kdlens.models.base import NamedLayerModel
 
 HALF_LOG_2PIE = 0.5 * math.log(2 * math.pi * math.e)
+
+
+class WrongArgumentType(UsageError, TypeError):
+    """An option an estimator does not take, or an argument of the wrong type:
+    a :class:`UsageError` that is also the TypeError Python raises for these."""
+
+
+class UnknownLayer(UsageError, KeyError):
+    """A layer the model does not have: a :class:`UsageError` that is also a KeyError."""
+
+    def __str__(self) -> str:  # the message as written, not KeyError's repr of it
+        return Exception.__str__(self)
+
+
+# Inputs forwarded at once: a 16-image x 8-draw step of the converged
+# estimator is one forward, as it was before chunking.
+DEFAULT_MAX_BATCH = 128
+
+
+def check_number(name: str, value, *, minimum: float = 0.0, inclusive: bool = False) -> float:
+    """``value`` as a float if it is finite and > ``minimum`` (>= with
+    ``inclusive``), else a :class:`UsageError` naming ``name`` and the value."""
+    bound = f"{'>=' if inclusive else '>'} {minimum:g}"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not (math.isfinite(number) and (number >= minimum if inclusive else number > minimum)):
+        raise UsageError(f"{name} = {value!r}: expected a finite number {bound}")
+    return number
+
+
+def check_count(name: str, value) -> int:
+    """``value`` if it is an integer >= 1, else a :class:`UsageError` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise UsageError(f"{name} = {value!r}: expected an integer >= 1")
+    return int(value)
+
+
+def check_inputs(inputs) -> Tensor:
+    """``inputs`` detached, after checking it is a floating-point batch (B, ...)
+    of at least one sample, all finite."""
+    if not isinstance(inputs, Tensor):
+        raise UsageError(f"inputs is a {type(inputs).__name__}; expected a tensor (B, ...) of samples")
+    if inputs.dim() == 0:
+        raise UsageError("inputs is a 0-d tensor; expected a batch (B, ...) of at least 1 sample")
+    if inputs.shape[0] == 0:
+        raise UsageError(f"inputs has 0 samples (shape {tuple(inputs.shape)}); expected at least 1")
+    if not inputs.is_floating_point():
+        raise UsageError(f"inputs has dtype {inputs.dtype}; expected a floating-point tensor")
+    finite = torch.isfinite(inputs.detach().reshape(inputs.shape[0], -1)).all(1)
+    if not bool(finite.all()):
+        bad = (~finite).nonzero().squeeze(1).tolist()
+        raise UsageError(f"inputs holds NaN or infinite values in {len(bad)} of its {inputs.shape[0]} samples "
+                         f"(first: sample {bad[0]}); expected finite inputs")
+    return inputs.detach()
 
 
 @dataclass
@@ -42,7 +117,14 @@ def feature_fn(model: nn.Module, layer: str | None):
         return lambda x: model.forward_to(x, layer)
     modules = dict(model.named_modules())
     if layer not in modules:
-        raise KeyError(f"{type(model).__name__} has no module {layer!r}; expected one of {', '.join(n for n in modules if n)}")
+        if isinstance(model, NamedLayerModel):
+            expected = f"a stage ({', '.join(model.stages)}) or a module name from named_modules()"
+        elif len(modules) > 1:
+            names = [n for n in modules if n]
+            expected = "one of " + ", ".join(names[:12]) + (f", ... ({len(names)} modules)" if len(names) > 12 else "")
+        else:
+            expected = "None (the model's output): it has no submodules"
+        raise UnknownLayer(f"layer = {layer!r}: {type(model).__name__} has no such layer; expected {expected}")
     target = modules[layer]
 
     def run(x: Tensor) -> Tensor:
@@ -64,6 +146,55 @@ def feature_fn(model: nn.Module, layer: str | None):
         return captured[0]
 
     return run
+
+
+def forward_in_chunks(f: Callable[[Tensor], Tensor], x: Tensor, max_batch: int) -> Tensor:
+    """``f(x)``, at most ``max_batch`` samples of ``x`` at a time (for frozen, eval-mode models)."""
+    if len(x) <= max_batch:
+        return f(x)
+    return torch.cat([f(x[start : start + max_batch]) for start in range(0, len(x), max_batch)])
+
+
+def noisy_distances(
+    f: Callable[[Tensor], Tensor],
+    x: Tensor,
+    scale: Tensor | float,
+    noise: Tensor,
+    f0: Tensor,
+    max_batch: int,
+    *,
+    reduce: Literal["sum", "mean"] = "sum",
+    transform: Callable[[Tensor], Tensor] | None = None,
+    weights: Tensor | None = None,
+) -> Tensor:
+    """(B,) detached: for each sample b, the sum over the S draws of ``noise``
+    (S, B, *sample_shape) of the distance between g(f(x_b + scale_b o delta))
+    and ``f0[b]`` (B, F), where the distance is the squared norm (``reduce``
+    "sum") or the mean squared difference per feature element ("mean") and g
+    is ``transform`` or the identity. ``scale``: (B, *sample_shape) or a number.
+
+    The S * B noisy inputs are forwarded at most ``max_batch`` at a time (draw
+    s of sample b is row s * B + b). With ``weights`` (B,), the gradient of
+    sum_b weights_b * distance_b is back-propagated chunk by chunk, so it
+    accumulates in the ``.grad`` of the leaf tensors behind ``scale``.
+    """
+    draws, batch = noise.shape[0], noise.shape[1]
+    rows_total = draws * batch
+    flat = noise.reshape(rows_total, *noise.shape[2:])
+    totals = torch.zeros(batch, dtype=f0.dtype, device=f0.device)
+    for start in range(0, rows_total, max_batch):
+        stop = min(start + max_batch, rows_total)
+        owner = torch.arange(start, stop, device=x.device) % batch
+        step = scale[owner] if isinstance(scale, Tensor) else scale
+        feature = f(x[owner] + step * flat[start:stop]).reshape(stop - start, -1)
+        if transform is not None:
+            feature = transform(feature)
+        squared = (feature - f0[owner]) ** 2
+        distance = squared.sum(1) if reduce == "sum" else squared.mean(1)
+        if weights is not None:
+            (distance * weights[owner]).sum().backward()
+        totals.index_add_(0, owner, distance.detach())
+    return totals
 
 
 def randn(shape, generator: torch.Generator, like: Tensor) -> Tensor:

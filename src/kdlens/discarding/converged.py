@@ -32,7 +32,11 @@ Monte-Carlo noise). Conventions (the paper leaves them open):
   is replaced by a small tau, in the units of the normalised input).
 * Samples are independent; the batch is optimised together (the sum of the
   per-sample losses) with ``noise_samples`` draws of delta per sample per step,
-  i.e. one forward of B * noise_samples inputs per step.
+  i.e. B * noise_samples noisy inputs per step, forwarded at most
+  ``max_batch`` at a time (default 128: a 16-image x 8-draw step is one
+  forward) with their gradients accumulated; the draws are the same whatever
+  ``max_batch``, so only the memory and not the result depends on it (see
+  ``common.py`` for the bound). The delta_f^2 draws are chunked the same way.
 * Adam's learning rate stays at ``lr`` for the first half of the steps, then
   falls along a half cosine to lr / 20: the first half travels, the second
   settles, so the Monte-Carlo jitter of the last iterates shrinks with the lr.
@@ -66,8 +70,22 @@ import math
 import torch
 from torch import Tensor, nn
 
-from kdlens.discarding.common import HALF_LOG_2PIE, DiscardingResult, feature_fn, frozen, invalid_reasons, randn
+from kdlens.discarding.common import (
+    DEFAULT_MAX_BATCH,
+    HALF_LOG_2PIE,
+    DiscardingResult,
+    check_count,
+    check_inputs,
+    check_number,
+    feature_fn,
+    forward_in_chunks,
+    frozen,
+    invalid_reasons,
+    noisy_distances,
+    randn,
+)
 from kdlens.discarding.units import check_units
+from kdlens.errors import UsageError
 
 FINAL_LR_SHARE = 0.05  # the lr at the last step, as a share of lr
 AVERAGED_SHARE = 0.2  # the share of the last steps whose log sigma is averaged
@@ -100,6 +118,7 @@ def converged_discarding(
     generator: torch.Generator | None = None,
     seed: int = 0,
     progress: bool = False,
+    max_batch: int = DEFAULT_MAX_BATCH,
 ) -> DiscardingResult:
     """Learn per-unit noise scales sigma for every sample of ``inputs`` (Eq. 4); see the module doc.
 
@@ -107,17 +126,19 @@ def converged_discarding(
     ``model.named_modules()``, or None for the model's output.  ``units``: a
     unit map broadcastable to one sample (``units.py``).  ``init_sigma``
     (B, n_units) warm-starts from earlier sigmas.  Randomness comes only from
-    ``generator``, or else a generator seeded with ``seed``.
+    ``generator``, or else a generator seeded with ``seed``. At most
+    ``max_batch`` noisy inputs go through the model at once; the result does
+    not depend on it (up to float rounding), the memory does.
     """
-    if steps < 1 or noise_samples < 1 or variance_samples < 1:
-        raise ValueError(
-            f"steps, noise_samples and variance_samples must be >= 1, got {steps}, {noise_samples}, {variance_samples}"
-        )
-    if alpha <= 0 or tau <= 0 or lr <= 0:
-        raise ValueError(f"alpha, tau and lr must be > 0, got {alpha}, {tau}, {lr}")
-    if not sigma_max > tau:
-        raise ValueError(f"sigma_max = {sigma_max}: expected a bound above tau = {tau}")
-    x = inputs.detach()
+    for name, count in (("steps", steps), ("noise_samples", noise_samples), ("variance_samples", variance_samples),
+                        ("max_batch", max_batch)):
+        check_count(name, count)
+    for name, value in (("alpha", alpha), ("tau", tau), ("lr", lr)):
+        check_number(name, value)
+    check_number("tol", tol, inclusive=True)
+    if not (check_number("sigma_max", sigma_max) > tau):
+        raise UsageError(f"sigma_max = {sigma_max!r}: expected a finite bound above tau = {tau!r}")
+    x = check_inputs(inputs)
     batch, sample_shape = x.shape[0], tuple(x.shape[1:])
     unit_map = check_units(units.to(x.device), sample_shape).reshape(-1)
     n = int(unit_map.max()) + 1
@@ -126,21 +147,20 @@ def converged_discarding(
         log_init = torch.full((batch, n), math.log(tau), dtype=x.dtype, device=x.device)
     else:
         if tuple(init_sigma.shape) != (batch, n):
-            raise ValueError(f"init_sigma has shape {tuple(init_sigma.shape)}, expected {(batch, n)}")
+            raise UsageError(f"init_sigma has shape {tuple(init_sigma.shape)}; expected {(batch, n)} (samples, units)")
         if not bool(torch.isfinite(init_sigma).all() and (init_sigma > 0).all()):
-            raise ValueError("init_sigma must be finite and > 0")
+            raise UsageError("init_sigma holds values that are not finite or not > 0; expected finite sigmas > 0")
         log_init = init_sigma.detach().to(x).log().clamp(max=log_max)
     gen = generator if generator is not None else torch.Generator(x.device).manual_seed(seed)
     f = feature_fn(model, layer)
 
     with frozen(model):
         with torch.no_grad():
-            f0 = f(x).reshape(batch, -1)
+            f0 = forward_in_chunks(f, x, max_batch).reshape(batch, -1)
             sq = torch.zeros(batch, dtype=torch.float64, device=x.device)
             for start in range(0, variance_samples, noise_samples):
                 s = min(noise_samples, variance_samples - start)
-                xp = (x.unsqueeze(0) + tau * randn((s, *x.shape), gen, x)).reshape(s * batch, *sample_shape)
-                sq += ((f(xp).reshape(s, batch, -1) - f0) ** 2).sum(-1).sum(0).double()
+                sq += noisy_distances(f, x, tau, randn((s, *x.shape), gen, x), f0, max_batch).double()
             df2 = sq / variance_samples
         reasons = invalid_reasons(f0, df2)
         valid = torch.tensor([r is None for r in reasons], device=x.device)
@@ -160,13 +180,18 @@ def converged_discarding(
                 from tqdm.auto import tqdm
 
                 steps_iter = tqdm(steps_iter, desc="information discarding", leave=False)
+            weights = 1.0 / (df2v * noise_samples)
             for step in steps_iter:
                 sigma_el = param.exp().index_select(1, unit_map).reshape(bv, *sample_shape)
-                xp = (xv + sigma_el * randn((noise_samples, *xv.shape), gen, xv)).reshape(-1, *sample_shape)
-                dist = ((f(xp).reshape(noise_samples, bv, -1) - f0v) ** 2).sum(-1).mean(0)
-                loss = dist / df2v - alpha * (param.mean(1) + HALF_LOG_2PIE)
+                # the feature term's gradient is accumulated on a detached copy of sigma chunk by
+                # chunk, then carried back to log sigma in one step
+                scale = sigma_el.detach().requires_grad_(True)
+                noise = randn((noise_samples, *xv.shape), gen, xv)
                 opt.zero_grad(set_to_none=True)
-                loss.sum().backward()
+                dist = noisy_distances(f, xv, scale, noise, f0v, max_batch, weights=weights) / noise_samples
+                entropy_term = alpha * (param.mean(1) + HALF_LOG_2PIE)
+                torch.autograd.backward([sigma_el, -entropy_term.sum()], [scale.grad, None])
+                loss = dist / df2v - entropy_term.detach()
                 # record the loss of the sigma that produced it, then step
                 history[step, idx] = loss.detach().double()
                 if step >= steps - averaged:

@@ -16,9 +16,10 @@ import inspect
 
 from torch import Tensor, nn
 
-from kdlens.discarding.common import HALF_LOG_2PIE, DiscardingResult
+from kdlens.discarding.common import HALF_LOG_2PIE, DiscardingResult, WrongArgumentType
 from kdlens.discarding.converged import converged_discarding
 from kdlens.discarding.paper import paper_discarding
+from kdlens.errors import UsageError
 
 ESTIMATORS = {"converged": converged_discarding, "paper": paper_discarding}
 
@@ -27,7 +28,7 @@ __all__ = ["ESTIMATORS", "HALF_LOG_2PIE", "DiscardingResult", "check_estimator",
 
 def check_estimator(name: str) -> str:
     if name not in ESTIMATORS:
-        raise ValueError(f"estimator = {name!r}: expected one of {', '.join(ESTIMATORS)}")
+        raise UsageError(f"estimator = {name!r}: expected one of {', '.join(ESTIMATORS)}")
     return name
 
 
@@ -41,10 +42,16 @@ def information_discarding(
     unit map broadcastable to one sample (``units.py``). ``options`` are the
     chosen estimator's keywords (see :func:`converged_discarding` and
     :func:`paper_discarding`); one it does not take is an error that names them.
+    Bad arguments (an empty or non-finite batch, a non-finite or out-of-range
+    option) are a one-line :class:`~kdlens.errors.UsageError`. Both estimators
+    take ``max_batch``, the most noisy inputs forwarded at once (the memory
+    bound; the result does not depend on it).
     """
     function = ESTIMATORS[check_estimator(estimator)]
     accepted = [p for p in inspect.signature(function).parameters if p not in ("model", "inputs", "layer", "units")]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
-        raise TypeError(f"estimator {estimator!r} takes no option {unknown[0]!r}; expected one of {', '.join(accepted)}")
+        raise WrongArgumentType(
+            f"estimator {estimator!r} takes no option {unknown[0]!r}; expected one of {', '.join(accepted)}"
+        )
     return function(model, inputs, layer, units, **options)

@@ -38,6 +38,9 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from kdlens.discarding.common import check_number
+from kdlens.errors import UsageError
+
 
 @dataclass(frozen=True)
 class PointRule:
@@ -49,10 +52,9 @@ class PointRule:
     baseline: Literal["sample", "dataset"] = "sample"
 
     def __post_init__(self) -> None:
-        if not self.threshold >= 0:
-            raise ValueError(f"threshold = {self.threshold}: expected a number >= 0")
+        check_number("threshold", self.threshold, inclusive=True)
         if self.baseline not in ("sample", "dataset"):
-            raise ValueError(f"baseline = {self.baseline!r}: expected 'sample' or 'dataset'")
+            raise UsageError(f"baseline = {self.baseline!r}: expected 'sample' or 'dataset'")
 
 
 # b = 1 background standard deviation for the converged estimator; the
@@ -92,7 +94,7 @@ def knowledge_points(
     sample; ``baseline``: H_bar per sample or averaged over the defined samples."""
     PointRule(b, relative, baseline)  # validates
     if entropy.dim() != 2 or tuple(foreground.shape) != tuple(entropy.shape):
-        raise ValueError(
+        raise UsageError(
             f"entropy {tuple(entropy.shape)} and foreground {tuple(foreground.shape)} must both be (B, n_units)"
         )
     foreground = foreground.bool()

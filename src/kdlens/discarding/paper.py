@@ -34,6 +34,11 @@ SGD has no momentum), so one step on the batch equals one step on each image.
 Per step the noise is drawn for the whole batch, (96, B, *sample_shape), and a
 sample that has stopped simply takes no part; a one-image run that is given
 its slice of the same draws gives the same sigma to float tolerance (tested).
+The 96 * B noisy inputs of a step (and of the delta_f^2 draw) go through the
+model at most ``max_batch`` at a time (default 128), their gradients
+accumulated; the draws do not depend on ``max_batch``, so neither does the
+result beyond float rounding (the memory bound is in ``common.py``). The
+authors forward the 96 copies of one image at once.
 
 The authors feed images in [0, 1] (``ToTensor`` without normalisation), so
 their sigma is in pixel units; here sigma is in the units of the model's
@@ -48,8 +53,22 @@ import math
 import torch
 from torch import Tensor, nn
 
-from kdlens.discarding.common import HALF_LOG_2PIE, DiscardingResult, feature_fn, frozen, invalid_reasons, randn
+from kdlens.discarding.common import (
+    DEFAULT_MAX_BATCH,
+    HALF_LOG_2PIE,
+    DiscardingResult,
+    check_count,
+    check_inputs,
+    check_number,
+    feature_fn,
+    forward_in_chunks,
+    frozen,
+    invalid_reasons,
+    noisy_distances,
+    randn,
+)
 from kdlens.discarding.units import check_units
+from kdlens.errors import UsageError
 
 NOISY_COPIES = 96
 SIGMA_INIT = 0.01
@@ -69,7 +88,7 @@ def paper_defaults(arch: str) -> tuple[float, float]:
     for family, values in _FAMILY_DEFAULTS.items():
         if arch.lower().startswith(family):
             return values
-    raise ValueError(
+    raise UsageError(
         f"arch = {arch!r}: the authors give lambda and b for vgg*, alexnet and resnet* only; "
         "pass entropy_weight (and threshold) explicitly"
     )
@@ -85,15 +104,17 @@ def paper_discarding(
     generator: torch.Generator | None = None,
     seed: int = 0,
     progress: bool = False,
+    max_batch: int = DEFAULT_MAX_BATCH,
 ) -> DiscardingResult:
     """The authors' sigma for every sample of ``inputs``; see the module doc.
 
     Randomness: first the delta_f^2 draw (96, B, ...), then one draw (96, B, ...)
     per step for all 80 steps, from ``generator`` or one seeded with ``seed``.
+    At most ``max_batch`` noisy inputs go through the model at once.
     """
-    if entropy_weight <= 0:
-        raise ValueError(f"entropy_weight = {entropy_weight}: expected > 0")
-    x = inputs.detach()
+    check_number("entropy_weight", entropy_weight)
+    check_count("max_batch", max_batch)
+    x = check_inputs(inputs)
     batch, sample_shape = x.shape[0], tuple(x.shape[1:])
     unit_map = check_units(units.to(x.device), sample_shape).reshape(-1)
     n = int(unit_map.max()) + 1
@@ -104,16 +125,19 @@ def paper_discarding(
     def expand(sigma: Tensor) -> Tensor:  # (b, n) -> (b, *sample_shape), nearest upsampling
         return sigma.index_select(1, unit_map).reshape(sigma.shape[0], *sample_shape)
 
-    def mse(xp: Tensor, f0: Tensor, copies: int) -> Tensor:  # per sample, mean over copies and elements
-        feat = torch.relu(f(xp.reshape(-1, *sample_shape))).reshape(copies, f0.shape[0], -1)
-        return ((feat - f0) ** 2).mean(dim=(0, 2))
+    def mse(x: Tensor, scale: Tensor, noise: Tensor, f0: Tensor, weights: Tensor | None = None) -> Tensor:
+        """Per sample, the mean over copies and feature elements; with ``weights``
+        the gradient of their weighted sum accumulates behind ``scale``."""
+        totals = noisy_distances(f, x, scale, noise, f0, max_batch, reduce="mean", transform=torch.relu,
+                                 weights=None if weights is None else weights / noise.shape[0])
+        return totals / noise.shape[0]
 
     with frozen(model):
         with torch.no_grad():
-            f0 = torch.relu(f(x)).reshape(batch, -1)
+            f0 = torch.relu(forward_in_chunks(f, x, max_batch)).reshape(batch, -1)
             start = torch.full((batch, n), SIGMA_INIT, dtype=x.dtype, device=x.device)
             noise = randn((NOISY_COPIES, batch, *sample_shape), gen, x)
-            df2 = mse(x + expand(start) * noise, f0, NOISY_COPIES)
+            df2 = mse(x, expand(start), noise, f0)
         reasons = invalid_reasons(f0, df2)
         valid = torch.tensor([r is None for r in reasons], device=x.device)
 
@@ -136,8 +160,13 @@ def paper_discarding(
             s = nn.Parameter(sigma[idx].clamp(low, high))
             iterates[step, idx] = s.detach()
             h = s.log().mean(1) + HALF_LOG_2PIE
-            loss = mse(x[idx] + expand(s) * noise[:, idx], f0[idx], NOISY_COPIES) / df2[idx] - weight[idx] * h
-            loss.sum().backward()
+            # the feature term's gradient accumulates chunk by chunk on a detached copy of the
+            # expanded sigma, then is carried back to s together with the entropy term's
+            expanded = expand(s)
+            scale = expanded.detach().requires_grad_(True)
+            feature_term = mse(x[idx], scale, noise[:, idx], f0[idx], weights=1.0 / df2[idx])
+            torch.autograd.backward([expanded, -(weight[idx] * h).sum()], [scale.grad, None])
+            loss = feature_term / df2[idx] - weight[idx] * h.detach()
             with torch.no_grad():
                 sigma[idx] = s - LR * s.grad
             entropy[step, idx] = h.detach().double()

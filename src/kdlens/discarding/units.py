@@ -23,6 +23,9 @@ from typing import Literal, Sequence
 import torch
 from torch import Tensor
 
+from kdlens.discarding.common import WrongArgumentType
+from kdlens.errors import UsageError
+
 
 def _bins(size: int, parts: int) -> Tensor:
     # floor(i * parts / size) splits `size` into `parts` runs whose lengths differ by at most 1
@@ -38,7 +41,7 @@ def grid_units(height: int, width: int, grid: int = 16, channels: int | None = N
     (channels, height, width) when ``channels`` is given.
     """
     if grid < 1 or grid > height or grid > width:
-        raise ValueError(
+        raise UsageError(
             f"grid {grid} does not fit an image of {height}x{width}: need 1 <= grid <= min(height, width)"
         )
     units = _bins(height, grid)[:, None] * grid + _bins(width, grid)[None, :]
@@ -78,17 +81,19 @@ def check_units(units: Tensor, sample_shape: Sequence[int]) -> Tensor:
     except RuntimeError:
         fits = False
     if not fits:
-        raise ValueError(
+        raise UsageError(
             f"units of shape {tuple(units.shape)} do not fit inputs whose samples have shape "
             f"{sample_shape}: they must broadcast to it"
         )
     if units.dtype.is_floating_point or units.dtype == torch.bool or units.is_complex():
-        raise TypeError(f"units must be an integer tensor of unit ids, got {units.dtype}")
+        raise WrongArgumentType(f"units has dtype {units.dtype}; expected an integer tensor of unit ids")
     units = units.reshape(shape).expand(sample_shape).long()
     n = num_units(units)
     counts = torch.bincount(units.reshape(-1), minlength=n) if units.numel() and units.min() >= 0 else None
     if counts is None or bool((counts == 0).any()):
-        raise ValueError(f"unit ids must be 0..n-1 with every id used; got ids {units.unique().tolist()[:8]}...")
+        ids = units.unique().tolist()
+        shown = ", ".join(map(str, ids[:8])) + (", ..." if len(ids) > 8 else "")
+        raise UsageError(f"units has ids [{shown}]; expected ids 0..n-1 with every id used by some element")
     return units
 
 
@@ -99,10 +104,10 @@ def _align_mask(mask: Tensor, units: Tensor, align: str) -> Tensor:
     leading = extra >= 0 and ushape[:k] == spatial
     if align == "auto":
         if trailing and leading and extra > 0 and ushape[extra:] != ushape[:k]:
-            raise ValueError(f"mask {tuple(mask.shape)} vs units {ushape} is ambiguous; pass align=")
+            raise UsageError(f"mask {tuple(mask.shape)} vs units {ushape} is ambiguous; pass align=")
         align = "trailing" if trailing else "leading"
     if (align == "trailing" and not trailing) or (align == "leading" and not leading):
-        raise ValueError(
+        raise UsageError(
             f"foreground mask of shape {tuple(mask.shape)} does not match units of shape {ushape} "
             f"(mask is (B, H, W) for images, (B, T) for tokens or points)"
         )
@@ -123,7 +128,7 @@ def unit_foreground_share(
     channel of a pixel gets the pixel's label, so the share is a spatial share.
     """
     if mask.dim() < 2:
-        raise ValueError(f"foreground mask must be (B, ...) per sample, got shape {tuple(mask.shape)}")
+        raise UsageError(f"foreground mask has shape {tuple(mask.shape)}; expected (B, ...) per sample")
     units = units.long()
     n = num_units(units)
     per_element = _align_mask(mask.to(torch.float64), units, align).reshape(mask.shape[0], -1)
@@ -131,7 +136,7 @@ def unit_foreground_share(
     sums = torch.zeros(mask.shape[0], n, dtype=torch.float64, device=mask.device).index_add_(1, ids, per_element)
     counts = torch.bincount(ids, minlength=n)
     if bool((counts == 0).any()):
-        raise ValueError("every unit id 0..n-1 must be used by at least one element")
+        raise UsageError(f"units has ids 0..{n - 1} with some unused; expected every id used by at least one element")
     return (sums / counts).float()
 
 
@@ -144,5 +149,5 @@ def foreground_units(share: Tensor, rule: float = 0.5) -> Tensor:
     any cell the object touches.
     """
     if not 0.0 < rule <= 1.0:
-        raise ValueError(f"rule must be in (0, 1], got {rule}")
+        raise UsageError(f"rule = {rule!r}: expected a number in (0, 1]")
     return share >= rule

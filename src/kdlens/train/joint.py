@@ -19,6 +19,9 @@ The method is set up under a seed derived from ``(seed, role, "method")``
 before every start and resume; its one-off teacher preparation (FT's
 paraphraser, OD's margins) runs on a fresh start only and is checkpointed
 with the student from epoch 0 on.
+
+Training runs in ``kdlens.train.loop.train_phases``, which stops a run whose
+loss or weights stop being finite (:class:`~kdlens.errors.TrainingDiverged`).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 from kdlens.config import OptimConfig
 from kdlens.distill import DistillationMethod
 from kdlens.distill.iep.gradients import combine_gradients, loss_gradients
+from kdlens.errors import UsageError
 from kdlens.models import NamedLayerModel
 from kdlens.seeding import derive_seed, seed_everything
 from kdlens.store import CheckpointStore
@@ -106,7 +110,7 @@ def train_jointly(
         return train_phases(student, [phase], train_set, test_set, store, seed=seed, role=role, device=device,
                             progress=progress, on_epoch_end=on_epoch_end)
     if teacher is None:
-        raise ValueError(f"method {type(method).__name__} needs a teacher; got none")
+        raise UsageError(f"method {type(method).__name__} needs a teacher; got none")
     teacher.to(device).eval()
     frozen = [p for p in teacher.parameters() if p.requires_grad]
     for p in frozen:

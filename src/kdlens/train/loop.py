@@ -8,10 +8,16 @@ The loop resumes from the last complete checkpoint and, because every epoch
 re-seeds its randomness from ``(seed, role, epoch)`` and the optimizer and
 schedule states are checkpointed, ends with the same weights as an
 uninterrupted run.
+
+A run that diverges stops with :class:`~kdlens.errors.TrainingDiverged`: the
+loss is checked every batch before the optimizer steps, and the weights (and
+buffers, such as batch-norm statistics) before every checkpoint, so no
+checkpoint ever holds a diverged epoch and the last good one stays the latest.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,6 +30,7 @@ from tqdm.auto import tqdm
 
 from kdlens import __version__
 from kdlens.config import OptimConfig
+from kdlens.errors import TrainingDiverged, UsageError
 from kdlens.store import CheckpointStore
 from kdlens.train.evaluate import evaluate
 from kdlens.train.optim import build_optimizer
@@ -72,6 +79,35 @@ def _set_modes(model: nn.Module, phase: Phase) -> None:
         module.train()
 
 
+def first_non_finite(named: Sequence[tuple[str, Tensor]]) -> Optional[str]:
+    """The name of the first tensor of ``named`` that holds a NaN or an infinity, or None."""
+    for name, tensor in named:
+        if not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
+
+
+def _changing_tensors(modules: dict[str, nn.Module], phase: Phase) -> list[tuple[str, Tensor]]:
+    """What ``phase`` changes, by name: the parameters and buffers (batch-norm
+    statistics) of its trainable modules that ``modules`` hold."""
+    changing = {id(t) for module in phase.trainable for t in (*module.parameters(), *module.buffers())}
+    named, seen = [], set()
+    for prefix, module in modules.items():
+        for name, tensor in (*module.named_parameters(), *module.named_buffers()):
+            if id(tensor) in changing and id(tensor) not in seen and tensor.is_floating_point():
+                seen.add(id(tensor))
+                named.append((f"{prefix}.{name}", tensor))
+    return named
+
+
+def diverged(role: str, where: str, problem: str, last_good: int, lr: float) -> TrainingDiverged:
+    """The one-line error of a run that stops because it diverged."""
+    return TrainingDiverged(
+        f"{role} diverged in {where}: {problem}, expected finite; training stopped and epoch {last_good} stays "
+        f"the latest checkpoint (lr = {lr:g}; a smaller lr usually helps)"
+    )
+
+
 def _cpu_state(module: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
@@ -94,9 +130,13 @@ def train_phases(
 
     ``extra_modules`` (e.g. a method's connector) are checkpointed with the
     model. ``on_epoch_end(epoch)`` runs after each epoch's checkpoint is on
-    disk; raising from it stops training there, as a kill would.
+    disk; raising from it stops training there, as a kill would. A loss, weight
+    or buffer that is not finite raises :class:`TrainingDiverged` before the
+    epoch's checkpoint is written.
     """
     extra_modules = extra_modules or {}
+    if len(train_set) == 0:
+        raise UsageError(f"the training set of {role} has no samples; expected at least one")
     model.to(device)
     for module in extra_modules.values():
         module.to(device)
@@ -142,7 +182,7 @@ def train_phases(
         start, resumed = 0, None
     else:
         if start > total:
-            raise ValueError(
+            raise UsageError(
                 f"{store.directory} has a checkpoint at epoch {start} but the config trains "
                 f"{total} epochs; expected a run made by this config"
             )
@@ -162,6 +202,7 @@ def train_phases(
             if last <= start:
                 continue
             params = _set_trainable(model, phase)
+            watched = _changing_tensors({"model": model, **extra_modules}, phase)
             optimizer, scheduler = build_optimizer(phase.optim, params)
             if resumed is not None and start >= first:
                 optimizer.load_state_dict(resumed["optimizer"])
@@ -188,10 +229,18 @@ def train_phases(
                         loss.backward()
                     else:
                         loss = phase.backward(output, params)
+                    value = loss.item()
+                    if not math.isfinite(value):  # before the step, which would spread it to the weights
+                        raise diverged(role, f"epoch {epoch} ({phase.name} phase, batch {batches + 1})",
+                                       f"the objective is {value}", epoch - 1, phase.optim.lr)
                     optimizer.step()
-                    loss_sum += loss.item()
+                    loss_sum += value
                     batches += 1
-                    inner.set_postfix(loss=f"{loss.item():.4f}")
+                    inner.set_postfix(loss=f"{value:.4f}")
+                broken = first_non_finite(watched)
+                if broken is not None:  # e.g. a finite loss whose gradient overflowed
+                    raise diverged(role, f"epoch {epoch} ({phase.name} phase)", f"{broken} is not finite after the "
+                                   "epoch's updates", epoch - 1, phase.optim.lr)
                 scheduler.step()
                 row = measure(epoch, phase, loss_sum / max(batches, 1), time.perf_counter() - began)
                 history.append(row)

@@ -14,6 +14,11 @@ predictions, (d) update network 2 on L_2. Network k's side is the network, its
 own auto-encoder (which makes the factors the *other* network inherits from)
 and the encoders of its inheritance and exploration parts.
 
+A loss that is not finite stops the run with
+:class:`~kdlens.errors.TrainingDiverged` before that network's step, and
+weights that are not finite stop it before the epoch's checkpoint, so the last
+good checkpoint stays the latest (as in ``kdlens.train.loop``).
+
 Choices of ours, where the paper is silent: while one side is updated the
 other side's predictions are computed as DML computes them, in train mode
 (batch statistics, dropout), but without gradients and with its batch-norm
@@ -28,6 +33,7 @@ the backbone towards easily reconstructed features.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -43,10 +49,12 @@ from kdlens import __version__
 from kdlens.config import OptimConfig
 from kdlens.distill.base import as_map
 from kdlens.distill.methods.ie_kd import IEFactorTransfer
+from kdlens.errors import TrainingDiverged, UsageError
 from kdlens.models import NamedLayerModel
 from kdlens.seeding import derive_seed, seed_everything
 from kdlens.store import CheckpointStore
 from kdlens.train.evaluate import evaluate
+from kdlens.train.loop import diverged, first_non_finite
 from kdlens.train.optim import build_optimizer
 
 MUTUAL_MODES = ("dml", "ie_dml")
@@ -72,9 +80,9 @@ class MutualPair(nn.Module):
                  options: MutualOptions = MutualOptions()) -> None:
         super().__init__()
         if mode not in MUTUAL_MODES:
-            raise ValueError(f"mutual mode = {mode!r}: expected one of {', '.join(MUTUAL_MODES)}")
-        if not options.lambda_rec >= 0:
-            raise ValueError(f"lambda_rec = {options.lambda_rec!r}: expected >= 0")
+            raise UsageError(f"mutual mode = {mode!r}: expected one of {', '.join(MUTUAL_MODES)}")
+        if not (math.isfinite(options.lambda_rec) and options.lambda_rec >= 0):
+            raise UsageError(f"lambda_rec = {options.lambda_rec!r}: expected a finite number >= 0")
         self.nets = nn.ModuleList([net1, net2])
         self.mode = mode
         self.options = options
@@ -143,15 +151,27 @@ def _parameters(modules: list[nn.Module]) -> list[nn.Parameter]:
     return params
 
 
+class NonFiniteLoss(TrainingDiverged):
+    """L_k of a mutual step is not finite; ``network`` is 1 or 2, no step was taken for it."""
+
+    def __init__(self, network: int, value: float) -> None:
+        super().__init__(f"the loss L_{network} of net{network} is {value}, expected finite")
+        self.network, self.value = network, value
+
+
 def mutual_step(pair: MutualPair, optimizers, images: Tensor, labels: Tensor) -> list[float]:
-    """Steps (a)-(d) on one mini-batch; returns L_1 and L_2."""
+    """Steps (a)-(d) on one mini-batch; returns L_1 and L_2. A loss that is not
+    finite raises :class:`NonFiniteLoss` before its network's step."""
     values = []
     for k in (0, 1):
         loss, _ = pair.loss(k, images, labels)  # (a) / (c): fresh predictions of both
         optimizers[k].zero_grad(set_to_none=True)
         loss.backward()
+        value = loss.item()
+        if not math.isfinite(value):
+            raise NonFiniteLoss(k + 1, value)
         optimizers[k].step()                   # (b) / (d)
-        values.append(loss.item())
+        values.append(value)
     return values
 
 
@@ -202,7 +222,7 @@ def train_mutually(
         snapshot(0, history)
     else:
         if start > optim.epochs:
-            raise ValueError(f"{store.directory} has a checkpoint at epoch {start} but the config trains "
+            raise UsageError(f"{store.directory} has a checkpoint at epoch {start} but the config trains "
                              f"{optim.epochs} epochs; expected a run made by this config")
         state = store.load(start, map_location=device)
         pair.load_state_dict(state["pair"])
@@ -212,6 +232,8 @@ def train_mutually(
         history = list(state["history"])
 
     show = progress and sys.stderr.isatty()
+    watched = [(f"pair.{name}", t) for name, t in (*pair.named_parameters(), *pair.named_buffers())
+               if t.is_floating_point()]
     for epoch in range(start + 1, optim.epochs + 1):
         began = time.perf_counter()
         generator = seed_everything(derive_seed(seed, role, epoch))
@@ -221,9 +243,18 @@ def train_mutually(
         batches = 0
         for images, labels, _ in tqdm(loader, desc=f"{role} epoch {epoch}/{optim.epochs}", leave=False,
                                       disable=not show, dynamic_ncols=True):
-            values = mutual_step(pair, optimizers, images.to(device), labels.to(device))
+            try:
+                values = mutual_step(pair, optimizers, images.to(device), labels.to(device))
+            except NonFiniteLoss as error:
+                raise diverged(role, f"epoch {epoch} ({pair.mode}, batch {batches + 1})",
+                               f"the loss L_{error.network} of net{error.network} is {error.value}", epoch - 1,
+                               optim.lr) from None
             sums = [s + v for s, v in zip(sums, values)]
             batches += 1
+        broken = first_non_finite(watched)
+        if broken is not None:
+            raise diverged(role, f"epoch {epoch} ({pair.mode})", f"{broken} is not finite after the epoch's updates",
+                           epoch - 1, optim.lr)
         for scheduler in schedulers:
             scheduler.step()
         pair.eval()

@@ -25,8 +25,9 @@ from torch.utils.data import Dataset
 from kdlens.builders import build_datasets, build_network, resolve_device, student_split
 from kdlens.config import ExperimentConfig, dump_config
 from kdlens.distill import METHODS
+from kdlens.errors import UsageError
 from kdlens.models import NamedLayerModel
-from kdlens.store import RunDirectory
+from kdlens.store import RunDirectory, load_checkpoint_file, load_weights
 from kdlens.train.joint import prepare_method
 from kdlens.train.loop import Phase, train_phases
 
@@ -64,30 +65,39 @@ def train_from_scratch(
     return model
 
 
+class TeacherNotTrained(UsageError, RuntimeError):
+    """The student was asked for before its teacher exists. Also a
+    ``RuntimeError``, which is what this used to raise."""
+
+
 def load_teacher(config: ExperimentConfig, run: RunDirectory, num_classes: int) -> NamedLayerModel:
-    """The trained teacher: ``student.teacher_checkpoint`` or this run's last teacher epoch."""
+    """The trained teacher: ``student.teacher_checkpoint`` or this run's last teacher epoch.
+
+    Either file is read as data only and must fit the configured teacher model
+    (:func:`~kdlens.store.load_checkpoint_file`, :func:`~kdlens.store.load_weights`):
+    a teacher checkpoint may come from anyone, and unpickling it as code would
+    run whatever it names."""
     path: Path
     if config.student.teacher_checkpoint is not None:
-        path = config.student.teacher_checkpoint
+        path = Path(config.student.teacher_checkpoint)
+        kind = "student.teacher_checkpoint"
     else:
         store = run.role("teacher")
         latest = store.latest()
         if latest is None or latest < config.teacher.epochs:
-            raise RuntimeError(
+            raise TeacherNotTrained(
                 f"the teacher in {run.root} is not trained (last epoch {latest}, expected "
                 f"{config.teacher.epochs}); train it first (train: [teacher, ...]) or set student.teacher_checkpoint"
             )
         path = store.path(latest)
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    teacher = build_network(config.resolved_teacher_model, config, num_classes, init="teacher")
-    try:
-        teacher.load_state_dict(state["model"] if "model" in state else state)
-    except RuntimeError as exc:
-        raise ValueError(
-            f"teacher checkpoint {str(path)!r} does not fit teacher model "
-            f"{config.resolved_teacher_model.arch} (width {config.resolved_teacher_model.width}): "
-            f"{str(exc).splitlines()[0]}"
-        ) from None
+        kind = "teacher checkpoint"
+    state = load_checkpoint_file(path, kind=kind)
+    model_config = config.resolved_teacher_model
+    teacher = build_network(model_config, config, num_classes, init="teacher")
+    # a run checkpoint holds the weights under "model"; a bare state dict is the weights
+    weights = state["model"] if "model" in state else state
+    load_weights(teacher, weights, source=f"{kind} {str(path)!r}",
+                 model_name=f"{model_config.arch} (width {model_config.width:g}, the teacher model)")
     return teacher
 
 
@@ -150,10 +160,12 @@ def train_roles(
     config: ExperimentConfig, out: str | Path, roles: Optional[list[str]] = None, *, progress: bool = True,
     datasets: Optional[tuple[Dataset, Dataset]] = None,
 ) -> RunDirectory:
-    """Train every role the config names (teacher first), resuming what exists."""
+    """Train every role the config names (teacher first), resuming what exists.
+    The device and the data are checked before anything is written to ``out``."""
+    resolve_device(config.device)
+    datasets = datasets or build_datasets(config)
     run = RunDirectory(out)
     run.initialise(dump_config(config, training_only=True), config.seed)
-    datasets = datasets or build_datasets(config)
     teacher = None
     for role in [r for r in ("teacher", "baseline", "student") if r in (roles or config.train)]:
         if role == "student":
