@@ -41,7 +41,7 @@ def _train(args: argparse.Namespace) -> int:
         store = run.role(role)
         latest = store.latest()
         if latest is not None:
-            metrics = store.load(latest)["metrics"]
+            metrics = store.load(latest, required=("metrics",))["metrics"]
             print(f"  {role:9s} epoch {latest:3d}  test accuracy {metrics['test_accuracy']:.3f}  "
                   f"train accuracy {metrics['train_accuracy']:.3f}")
     return 0

@@ -39,3 +39,18 @@ class MissingFileError(KdlensError, FileNotFoundError):
 
 class TrainingDiverged(KdlensError, RuntimeError):
     """Training produced a non-finite loss; the run stops and its last good checkpoint stays the latest."""
+
+
+class UnknownNameError(UsageError, KeyError):
+    """A name that is not there: a layer, a model, a method. Also the KeyError a lookup raises."""
+
+    def __str__(self) -> str:  # the message as written, not KeyError's repr of it
+        return str(self.args[0]) if self.args else ""
+
+
+class WrongTypeError(UsageError, TypeError):
+    """An option a function does not take, or an argument of the wrong type; also a TypeError."""
+
+
+class TeacherNotTrained(UsageError, RuntimeError):
+    """A student was asked for before its teacher exists; also a RuntimeError."""

@@ -57,7 +57,7 @@ def check_label(label: Optional[str]) -> Optional[str]:
 
 
 def label_folder(title: str) -> str:
-    """The folder a method's runs go to; the same folding as ``kdlens.compare.runner.safe_name``."""
+    """The folder a method's runs go to (the runner and the report use it)."""
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", title)
 
 

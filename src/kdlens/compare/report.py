@@ -12,7 +12,8 @@ from typing import Any, Mapping, Optional
 
 from kdlens.compare import figures, iep_figures
 from kdlens.compare.config import BASELINE
-from kdlens.compare.runner import Comparison, safe_name
+from kdlens.compare.config import label_folder
+from kdlens.compare.runner import Comparison
 from kdlens.compare.tables import (
     claims,
     error_stats,
@@ -115,7 +116,7 @@ def _iep_lines(comparison: Comparison, knowledge: Mapping[str, Mapping[str, Any]
     """Fig. 5 and how close each student's IEP knowledge comes to the teacher's."""
     lines = ["## IEP knowledge (the IEP paper's Fig. 5)", ""]
     for title, k in knowledge.items():
-        name = safe_name(title)
+        name = label_folder(title)
         maps = put(f"figures/iep_{name}_knowledge.png", iep_figures.knowledge_maps(k))
         scatter = put(f"figures/iep_{name}_components.png", iep_figures.component_scatter(k))
         losses = ", ".join(f"{v:.4f}" for v in k["mpnn_losses"]) or "not recorded"

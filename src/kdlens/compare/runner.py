@@ -16,7 +16,6 @@ Layout of the output directory::
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +25,9 @@ import torch
 from torch.utils.data import Dataset
 
 from kdlens.builders import build_datasets, build_network, resolve_device, student_split
-from kdlens.compare.config import BASELINE, CompareConfig, MethodEntry, dump_compare_config
+from kdlens.compare.config import BASELINE, CompareConfig, MethodEntry, dump_compare_config, label_folder
 from kdlens.models import NamedLayerModel
-from kdlens.store import RunDirectory, atomic_write_json
+from kdlens.store import RunDirectory, atomic_write_json, load_weights
 from kdlens.train.joint import train_jointly
 from kdlens.train.mutual import MutualOptions, MutualPair, train_mutually
 from kdlens.train.protocols import train_from_scratch
@@ -36,10 +35,6 @@ from kdlens.train.protocols import train_from_scratch
 # Every student of a seed shares this role name, so all methods see the same
 # data order and their connectors are set up from the same seed.
 STUDENT_ROLE = "student"
-
-
-def safe_name(title: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", title)
 
 
 def rate_label(rate: float) -> str:
@@ -79,7 +74,7 @@ class Comparison:
         return self.by_rate.setdefault(rate_label(self.config.rates[0]), {})
 
     def student_store(self, entry: MethodEntry, seed: int, rate: Optional[float] = None):
-        where = f"{safe_name(entry.title)}/seed{seed}"
+        where = f"{label_folder(entry.title)}/seed{seed}"
         if self.config.sample_rates:
             where = f"rate{(self.config.rates[0] if rate is None else rate) * 100:g}/{where}"
         return self.run.role(f"students/{where}")
@@ -88,9 +83,11 @@ class Comparison:
         """The final student of a method (at the main rate by default) and its
         method state (the IE split, IEP's statistics and MPNN...)."""
         store = self.student_store(entry, seed, rate)
-        state = store.load(store.latest())
+        latest = store.latest()
+        state = store.load(latest, required=("model",))
         model = build_network(self.config.model, self.config.experiment(seed), self.num_classes, init="student")
-        model.load_state_dict(state["model"])
+        load_weights(model, state["model"], source=f"checkpoint {str(store.path(latest))!r}",
+                     model_name=f"the {entry.title} student")
         return model.eval(), state.get("extra", {}).get("method", {})
 
 
@@ -167,7 +164,7 @@ def _train_mutual(comparison: Comparison, device: torch.device, progress: bool) 
             if progress:
                 print(f"[compare] {entry.title}, seed {seed}", flush=True)
             history = train_mutually(pair, comparison.train_set, test_set,
-                                     run.role(f"mutual/{safe_name(entry.title)}/seed{seed}"), config.student,
+                                     run.role(f"mutual/{label_folder(entry.title)}/seed{seed}"), config.student,
                                      seed=seed, role=STUDENT_ROLE, device=device, progress=progress)
             last = history[-1]
             seconds = sum(row.get("seconds") or 0.0 for row in history)

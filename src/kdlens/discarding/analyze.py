@@ -51,20 +51,12 @@ from kdlens.discarding.knowledge_points import DEFAULT_RULES, PointRule, foregro
 from kdlens.discarding.mimic import mimic_accuracies
 from kdlens.discarding.paper import paper_defaults
 from kdlens.discarding.units import foreground_units, grid_units, unit_foreground_share
-from kdlens.errors import CheckpointError, MissingFileError, UsageError
+from kdlens.errors import CheckpointError, MissingFileError, UnknownNameError, UsageError
 from kdlens.seeding import derive_seed
 from kdlens.store import RunDirectory, atomic_torch_save, atomic_write_json, check_weights, load_checkpoint_file
 
 ROLES_ANALYSED = ("teacher", "student", "baseline")  # and "random", the teacher at epoch 0
 CACHE_RECORD_KEYS = ("sigma", "valid", "converged", "reason")  # one analysed sample at one checkpoint
-
-
-class UnknownLayerError(UsageError, KeyError):
-    """An analysed layer the network does not have: a usage error (one line on
-    the command line) and a ``KeyError``, as the network's own lookup raises."""
-
-    def __str__(self) -> str:  # KeyError would print the message in quotes
-        return str(self.args[0]) if self.args else ""
 
 
 @dataclass(frozen=True)
@@ -174,7 +166,7 @@ def sample_indices(config, train_set: Dataset, test_set: Dataset, count: int, sp
 
 def _stage_prefixes(model, layer: str) -> tuple[str, ...]:
     if layer not in model.layer_names:
-        raise UnknownLayerError(
+        raise UnknownNameError(
             f"layer = {layer!r}: {type(model).__name__} has no layer {layer!r}; "
             f"expected one of {', '.join(model.layer_names)}"
         )

@@ -28,22 +28,10 @@ from typing import Callable, Literal
 import torch
 from torch import Tensor, nn
 
-from kdlens.errors import UsageError
+from kdlens.errors import UnknownNameError, UsageError
 from kdlens.models.base import NamedLayerModel
 
 HALF_LOG_2PIE = 0.5 * math.log(2 * math.pi * math.e)
-
-
-class WrongArgumentType(UsageError, TypeError):
-    """An option an estimator does not take, or an argument of the wrong type:
-    a :class:`UsageError` that is also the TypeError Python raises for these."""
-
-
-class UnknownLayer(UsageError, KeyError):
-    """A layer the model does not have: a :class:`UsageError` that is also a KeyError."""
-
-    def __str__(self) -> str:  # the message as written, not KeyError's repr of it
-        return Exception.__str__(self)
 
 
 # Inputs forwarded at once: a 16-image x 8-draw step of the converged
@@ -124,7 +112,7 @@ def feature_fn(model: nn.Module, layer: str | None):
             expected = "one of " + ", ".join(names[:12]) + (f", ... ({len(names)} modules)" if len(names) > 12 else "")
         else:
             expected = "None (the model's output): it has no submodules"
-        raise UnknownLayer(f"layer = {layer!r}: {type(model).__name__} has no such layer; expected {expected}")
+        raise UnknownNameError(f"layer = {layer!r}: {type(model).__name__} has no such layer; expected {expected}")
     target = modules[layer]
 
     def run(x: Tensor) -> Tensor:

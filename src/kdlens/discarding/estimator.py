@@ -16,10 +16,10 @@ import inspect
 
 from torch import Tensor, nn
 
-from kdlens.discarding.common import HALF_LOG_2PIE, DiscardingResult, WrongArgumentType
+from kdlens.discarding.common import HALF_LOG_2PIE, DiscardingResult
 from kdlens.discarding.converged import converged_discarding
 from kdlens.discarding.paper import paper_discarding
-from kdlens.errors import UsageError
+from kdlens.errors import UsageError, WrongTypeError
 
 ESTIMATORS = {"converged": converged_discarding, "paper": paper_discarding}
 
@@ -51,7 +51,7 @@ def information_discarding(
     accepted = [p for p in inspect.signature(function).parameters if p not in ("model", "inputs", "layer", "units")]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
-        raise WrongArgumentType(
+        raise WrongTypeError(
             f"estimator {estimator!r} takes no option {unknown[0]!r}; expected one of {', '.join(accepted)}"
         )
     return function(model, inputs, layer, units, **options)

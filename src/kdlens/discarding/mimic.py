@@ -31,7 +31,7 @@ def mimic_accuracies(
     latest = teacher_store.latest()
     if latest is None or not student_states:
         return {epoch: None for epoch in student_states}
-    teacher_state = teacher_store.load(latest)["model"]
+    teacher_state = teacher_store.load(latest, required=("model",))["model"]
     model = build_network(config.resolved_teacher_model, config, len(test_set.classes), init="teacher")
     results: dict[int, Optional[float]] = {}
     for epoch, lower in student_states.items():

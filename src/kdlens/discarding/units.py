@@ -23,7 +23,7 @@ from typing import Literal, Sequence
 import torch
 from torch import Tensor
 
-from kdlens.discarding.common import WrongArgumentType
+from kdlens.errors import WrongTypeError
 from kdlens.errors import UsageError
 
 
@@ -86,7 +86,7 @@ def check_units(units: Tensor, sample_shape: Sequence[int]) -> Tensor:
             f"{sample_shape}: they must broadcast to it"
         )
     if units.dtype.is_floating_point or units.dtype == torch.bool or units.is_complex():
-        raise WrongArgumentType(f"units has dtype {units.dtype}; expected an integer tensor of unit ids")
+        raise WrongTypeError(f"units has dtype {units.dtype}; expected an integer tensor of unit ids")
     units = units.reshape(shape).expand(sample_shape).long()
     n = num_units(units)
     counts = torch.bincount(units.reshape(-1), minlength=n) if units.numel() and units.min() >= 0 else None

@@ -11,6 +11,7 @@ from kdlens.models import alexnet, resnet, vgg  # noqa: F401  (registers the fam
 from kdlens.models.base import PAPER_LAYERS, PRE_ACTIVATION, NamedLayerModel, pre_activation_norm
 from kdlens.models.catalog import MODELS
 from kdlens.models.features import capture, stage_end_modules
+from kdlens.errors import UsageError
 
 __all__ = [
     "MODELS",
@@ -37,13 +38,13 @@ def build_model(
 ) -> NamedLayerModel:
     """Build a registered model; ``options`` go to the family (e.g. VGG's ``batch_norm``)."""
     if arch not in MODELS:
-        raise ValueError(f"unknown model {arch!r}; expected one of {', '.join(MODELS.names())}")
+        raise UsageError(f"unknown model {arch!r}; expected one of {', '.join(MODELS.names())}")
     if not width > 0:
-        raise ValueError(f"model width must be > 0, got {width}")
+        raise UsageError(f"model width must be > 0, got {width}")
     if image_size < MIN_IMAGE_SIZE:
-        raise ValueError(f"image_size must be >= {MIN_IMAGE_SIZE}, got {image_size}")
+        raise UsageError(f"image_size must be >= {MIN_IMAGE_SIZE}, got {image_size}")
     if num_classes < 2:
-        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        raise UsageError(f"num_classes must be >= 2, got {num_classes}")
     return MODELS.build(
         arch,
         num_classes=num_classes,

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Iterator, Optional, Sequence
 
 from torch import Tensor, nn
+from kdlens.errors import UnknownNameError
 
 PAPER_LAYERS: tuple[str, ...] = ("conv", "fc1", "fc2", "fc3")
 # ``"conv.pre"`` names the input of the ReLU that ends stage ``conv``: the
@@ -77,7 +78,7 @@ class NamedLayerModel(nn.Module):
 
     def check_layer(self, layer: str) -> str:
         if layer not in self.stages:
-            raise KeyError(
+            raise UnknownNameError(
                 f"{type(self).__name__} has no layer {layer!r}; "
                 f"expected one of {', '.join(self.layer_names)}"
             )

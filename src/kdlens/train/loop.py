@@ -30,8 +30,8 @@ from tqdm.auto import tqdm
 
 from kdlens import __version__
 from kdlens.config import OptimConfig
-from kdlens.errors import TrainingDiverged, UsageError
-from kdlens.store import CheckpointStore
+from kdlens.errors import CheckpointError, TrainingDiverged, UsageError
+from kdlens.store import CheckpointStore, load_weights
 from kdlens.train.evaluate import evaluate
 from kdlens.train.optim import build_optimizer
 from kdlens.seeding import derive_seed, seed_everything
@@ -186,10 +186,14 @@ def train_phases(
                 f"{store.directory} has a checkpoint at epoch {start} but the config trains "
                 f"{total} epochs; expected a run made by this config"
             )
-        resumed = store.load(start, map_location=device)
-        model.load_state_dict(resumed["model"])
+        resumed = store.load(start, map_location=device,
+                             required=("model", "extra", "optimizer", "scheduler", "history"))
+        source = f"checkpoint {str(store.path(start))!r}"
+        load_weights(model, resumed["model"], source=source, model_name=f"the {role} model")
         for name, module in extra_modules.items():
-            module.load_state_dict(resumed["extra"][name])
+            if name not in resumed["extra"]:
+                raise CheckpointError(f"{source} has no state for {name!r}; expected a checkpoint of this config")
+            load_weights(module, resumed["extra"][name], source=source, model_name=f"the {role}'s {name}")
         history = list(resumed["history"])
 
     show = progress and sys.stderr.isatty()

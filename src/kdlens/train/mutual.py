@@ -52,7 +52,7 @@ from kdlens.distill.methods.ie_kd import IEFactorTransfer
 from kdlens.errors import TrainingDiverged, UsageError
 from kdlens.models import NamedLayerModel
 from kdlens.seeding import derive_seed, seed_everything
-from kdlens.store import CheckpointStore
+from kdlens.store import CheckpointStore, load_weights
 from kdlens.train.evaluate import evaluate
 from kdlens.train.loop import diverged, first_non_finite
 from kdlens.train.optim import build_optimizer
@@ -224,8 +224,8 @@ def train_mutually(
         if start > optim.epochs:
             raise UsageError(f"{store.directory} has a checkpoint at epoch {start} but the config trains "
                              f"{optim.epochs} epochs; expected a run made by this config")
-        state = store.load(start, map_location=device)
-        pair.load_state_dict(state["pair"])
+        state = store.load(start, map_location=device, required=("pair", "optimizers", "schedulers", "history"))
+        load_weights(pair, state["pair"], source=f"checkpoint {str(store.path(start))!r}", model_name="the mutual pair")
         for k in (0, 1):
             optimizers[k].load_state_dict(state["optimizers"][k])
             schedulers[k].load_state_dict(state["schedulers"][k])

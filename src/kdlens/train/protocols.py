@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 from kdlens.builders import build_datasets, build_network, resolve_device, student_split
 from kdlens.config import ExperimentConfig, dump_config
 from kdlens.distill import METHODS
-from kdlens.errors import UsageError
+from kdlens.errors import ConfigError, TeacherNotTrained, UsageError
 from kdlens.models import NamedLayerModel
 from kdlens.store import RunDirectory, load_checkpoint_file, load_weights
 from kdlens.train.joint import prepare_method
@@ -51,7 +51,7 @@ def train_from_scratch(
 ) -> NamedLayerModel:
     """The teacher (full data) or the baseline (the student's fraction)."""
     if role not in ("teacher", "baseline"):
-        raise ValueError(f"role = {role!r}: expected 'teacher' or 'baseline'")
+        raise UsageError(f"role = {role!r}: expected 'teacher' or 'baseline'")
     full_train, test = datasets or build_datasets(config)
     train_set = full_train if role == "teacher" else student_split(config, full_train)
     model_config = config.resolved_teacher_model if role == "teacher" else config.model
@@ -63,11 +63,6 @@ def train_from_scratch(
         device=resolve_device(config.device), progress=progress, on_epoch_end=on_epoch_end,
     )
     return model
-
-
-class TeacherNotTrained(UsageError, RuntimeError):
-    """The student was asked for before its teacher exists. Also a
-    ``RuntimeError``, which is what this used to raise."""
 
 
 def load_teacher(config: ExperimentConfig, run: RunDirectory, num_classes: int) -> NamedLayerModel:
@@ -125,7 +120,7 @@ def train_student(
     teacher.to(device)
     student.to(device)
     if f_t.shape != f_s.shape and config.student.method == "feature_mse":
-        raise ValueError(
+        raise ConfigError(
             f"student.layer = {layer!r}: teacher feature {tuple(f_t.shape[1:])} and student feature "
             f"{tuple(f_s.shape[1:])} differ; expected equal shapes (match model widths at this layer)"
         )
