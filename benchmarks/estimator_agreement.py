@@ -18,10 +18,10 @@ images the analysis uses), it measures:
   closed form of a linear layer): how much of each is local sensitivity;
 * the Monte-Carlo bound: at the converged sigma, the standard deviation of
   one draw's gradient of a unit's loss over the loss's curvature there
-  (2 alpha / n for n units). An average of these gradients over N draws
-  knows a unit's log sigma to about that ratio over sqrt(N) (the
-  Polyak-Ruppert rate); printed is what that gives for the difference of
-  the 1x and 2x runs (N = the draws in their averaged iterates), beside the
+  (2 alpha / n for n units). An estimator that used all N draws of a run
+  as well as they can be used (the Polyak-Ruppert rate of averaged SGD)
+  would know a unit's log sigma to about that ratio over sqrt(N); printed is
+  what that gives for the difference of the 1x and 2x runs, beside the
   standard deviation of that difference the two runs actually show;
 * the spread: per-image entropy range and background standard deviation under
   each estimator, and the paper's b = 0.2 in units of the paper's background
@@ -49,7 +49,6 @@ from kdlens.config import load_config
 from kdlens.discarding import information_discarding
 from kdlens.discarding.analyze import AnalysisSettings, sample_indices
 from kdlens.discarding.common import feature_fn, frozen
-from kdlens.discarding.converged import AVERAGED_SHARE
 from kdlens.discarding.knowledge_points import foreground_ratio, knowledge_points
 from kdlens.discarding.units import check_units, foreground_units, grid_units, unit_foreground_share
 from kdlens.store import RunDirectory
@@ -173,8 +172,8 @@ def main() -> None:
     numbers["entropy_difference_sd_1x_2x"] = numbers["entropy_median_abs_change_2x"] / 0.6745
     ratio = gradient_noise_over_curvature(model, images, args.layer, units, one, cold["alpha"])
     numbers["gradient_sd_over_curvature"] = ratio
-    averaged_draws = cold["steps"] * AVERAGED_SHARE * args.noise_samples
-    numbers["entropy_difference_sd_bound"] = ratio * (1 / averaged_draws + 1 / (2 * averaged_draws)) ** 0.5
+    draws = cold["steps"] * args.noise_samples  # of the 1x run; the 2x run has twice as many
+    numbers["entropy_difference_sd_bound"] = ratio * (1 / draws + 1 / (2 * draws)) ** 0.5
     if not args.skip_paper:
         paper_settings = replace(base, estimator="paper")
         paper = measure("paper", epoch, estimator="paper", **paper_settings.engine_options(spec.arch, warm=False), seed=5)

@@ -299,3 +299,16 @@ def test_api_bad_input_gives_one_line(changes, names):
     assert message and "\n" not in message
     for expected in names:
         assert expected in message, f"{expected!r} not in {message!r}"
+
+
+def test_a_reader_that_leaves_gets_no_traceback(trained):
+    """`kdlens analyze RUN | head -c 0`: stdout closes before kdlens prints; no BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "kdlens.cli", *analyze_args(trained)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()
+    err = process.stderr.read().decode()
+    process.wait(timeout=120)
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err

@@ -187,7 +187,9 @@ def _silence_stdout() -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.handler(args)
+        code = args.handler(args)
+        sys.stdout.flush()  # a reader that left shows here, inside the try, not at exit
+        return code
     except KdlensError as exc:  # what a user can cause; anything else is a bug and keeps its traceback
         print(f"kdlens: error: {exc}", file=sys.stderr)
         return 2
