@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from kdlens.data import CubDataset, MaskedImageFolder, build_dataset
+from kdlens.data import DATASETS, CubDataset, MaskedImageFolder
 from kdlens.data.imageio import box_mask, scaled_box
 
 RED, GREEN, BLUE = (220, 30, 30), (30, 220, 30), (30, 30, 220)
@@ -135,7 +135,7 @@ def folder_root(tmp_path):
 
 
 def test_folder_reads_labels_and_masks(folder_root):
-    train = build_dataset("folder", "train", root=folder_root, image_size=40)
+    train = DATASETS.build("folder", split="train", root=folder_root, image_size=40)
     test = MaskedImageFolder(folder_root, "test", image_size=40)
     assert train.classes == test.classes == ["cat", "dog"]
     assert train.labels.tolist() == [0, 0, 1] and test.labels.tolist() == [0, 1]

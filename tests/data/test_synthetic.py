@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdlens.data import DATASETS, Sample, SyntheticShapes, build_dataset, denormalize
+from kdlens.data import DATASETS, Sample, SyntheticShapes, denormalize
 from kdlens.data.synthetic import FAMILIES, FAMILY_NAMES, class_colours
 
 
@@ -209,7 +209,7 @@ def test_bad_arguments_raise_one_line_errors(kwargs, word):
 
 
 def test_registered_under_synthetic(capsys):
-    data = build_dataset("synthetic", "test", num_samples=4, image_size=16, num_classes=2)
+    data = DATASETS.build("synthetic", split="test", num_samples=4, image_size=16, num_classes=2)
     assert isinstance(data, SyntheticShapes) and data.split == "test" and len(data) == 4
     assert "synthetic" in DATASETS
     assert capsys.readouterr() == ("", "")

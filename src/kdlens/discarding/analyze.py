@@ -47,7 +47,7 @@ from kdlens.builders import build_datasets, build_network, student_split
 from kdlens.config import load_config
 from kdlens.discarding.dynamics import distance_to_peak, stability, weight_distances
 from kdlens.discarding.estimator import HALF_LOG_2PIE, check_estimator, information_discarding
-from kdlens.discarding.knowledge_points import DEFAULT_RULES, PointRule, foreground_ratio, knowledge_points
+from kdlens.discarding.knowledge_points import DEFAULT_RULES, PointRule, knowledge_points, summarize_points
 from kdlens.discarding.mimic import mimic_accuracies
 from kdlens.discarding.paper import paper_defaults
 from kdlens.discarding.units import foreground_units, grid_units, unit_foreground_share
@@ -407,16 +407,15 @@ def summarize_role(analysis: RoleAnalysis, settings: AnalysisSettings) -> dict:
     rule = settings.rule(analysis.arch)
     per_epoch = []
     for row, (epoch, p) in enumerate(zip(analysis.epochs, points)):
-        used = p.defined
-        ratio, excluded = foreground_ratio(p.n_fg[used], p.n_bg[used])
+        counts = summarize_points(p)
         entry = {
             "epoch": epoch,
             "phase": analysis.phases[row] if analysis.phases else None,
-            "n_fg": p.n_fg[used].float().mean().item() if used.any() else None,
-            "n_bg": p.n_bg[used].float().mean().item() if used.any() else None,
-            "lambda": ratio,
-            "samples_without_points": excluded,
-            "undefined_samples": int((~used).sum()),
+            "n_fg": counts.n_fg_mean,
+            "n_bg": counts.n_bg_mean,
+            "lambda": counts.foreground_ratio,
+            "samples_without_points": counts.n_without_points,
+            "undefined_samples": counts.n_undefined,
             "test_accuracy": analysis.test_accuracy[row],
             "weight_distance": analysis.distances[row].item(),
         }

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from kdlens.distill.iep.gradients import combine_gradients, combined_gradients, rescale_factor
+from kdlens.distill.iep.gradients import combine_gradients, loss_gradients, rescale_factor
 
 
 
@@ -83,7 +83,7 @@ def test_missing_and_zero_gradients():
     assert float(rescale_factor(torch.tensor(2.0), torch.tensor(0.0))) == 1.0
 
 
-def test_combined_gradients_from_losses():
+def test_loss_gradients_combined():
     torch.manual_seed(0)
     model = nn.Linear(3, 2).double()
     x, y = _randn(5, 3, seed=8), _randn(5, 2, seed=9)
@@ -91,7 +91,8 @@ def test_combined_gradients_from_losses():
     task_loss = (out - y).pow(2).mean()
     distill_losses = [100 * out.pow(2).mean(), 1e-3 * out.abs().mean(), torch.zeros(())]
     params = list(model.parameters())
-    grads = combined_gradients(task_loss, distill_losses, params)
+    grads = combine_gradients(loss_gradients(task_loss, params), [loss_gradients(loss, params) for loss in distill_losses])
+    assert loss_gradients(distill_losses[2], params) == [None, None]  # a constant reaches no parameter
     task = torch.autograd.grad(task_loss, params, retain_graph=True)
     distill = [torch.autograd.grad(loss, params, retain_graph=True) for loss in distill_losses[:2]]
     expected = combine_gradients(task, distill)

@@ -12,12 +12,17 @@ import torch.nn.functional as F
 
 from kdlens.distill.base import METHODS
 from kdlens.distill.iep.black_box import MultiHeadGraph, black_box_loss
-from kdlens.distill.iep.gradients import combined_gradients
+from kdlens.distill.iep.gradients import combine_gradients, loss_gradients
 from kdlens.distill.iep.sensing import SensingPoint
 from kdlens.models import build_model
 from kdlens.train.joint import LossTerms, controlled_backward
 
 N = 12
+
+
+def eq20(task_loss, distill_losses, params):
+    """Eq. 20 from the losses, written plainly: each loss's gradient, then the clipped sum."""
+    return combine_gradients(loss_gradients(task_loss, params), [loss_gradients(loss, params) for loss in distill_losses])
 
 
 def _net(width=0.125, seed=0, arch="vgg11"):
@@ -149,7 +154,7 @@ def test_controlled_backward_clips_each_term_to_the_task_gradient():
     task_only = torch.autograd.grad(terms().task, params, allow_unused=True)
     loss = controlled_backward(method, student)(terms(), params)
     assert torch.isfinite(loss)
-    expected = combined_gradients(terms().task, list(terms().distillation.values()), params)
+    expected = eq20(terms().task, list(terms().distillation.values()), params)
     for p, g, e, t in zip(params, [p.grad for p in params], expected, task_only):
         if e is None:
             assert g is None
@@ -218,6 +223,6 @@ def test_controlled_backward_gives_the_connectors_the_plain_sum_of_the_terms_gra
     for p, e in zip(connectors, expected):
         torch.testing.assert_close(p.grad, e)
     theta = list(student.parameters())
-    clipped = combined_gradients(terms().task, list(terms().distillation.values()), theta)
+    clipped = eq20(terms().task, list(terms().distillation.values()), theta)
     for p, e in zip(theta, clipped):
         torch.testing.assert_close(p.grad, e)

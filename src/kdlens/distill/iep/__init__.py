@@ -3,7 +3,7 @@ transfer (Lee, Song, AAAI 2021): stacked PCA (``spca``), the distilling MPNN
 (``mpnn``) and the gradient control (``gradients``). Not a registered method
 yet; the training integration assembles these."""
 
-from kdlens.distill.iep.gradients import combine_gradients, combined_gradients, rescale_factor
+from kdlens.distill.iep.gradients import combine_gradients, loss_gradients, rescale_factor
 from kdlens.distill.iep.mpnn import (
     EmbeddingProcedureMPNN,
     MPNNOutput,
@@ -40,7 +40,7 @@ __all__ = [
     "alteration_loss",
     "batch_pca",
     "combine_gradients",
-    "combined_gradients",
+    "loss_gradients",
     "feature_matrix",
     "first_principal_components",
     "interim_loss",

@@ -103,24 +103,6 @@ def combine_gradients(
     return combined
 
 
-def combined_gradients(
-    task_loss: Tensor,
-    distill_losses: Sequence[Tensor],
-    params: Iterable[Tensor],
-    *,
-    mode: str = "clip",
-    scope: str = "parameter",
-) -> list[Optional[Tensor]]:
-    """Eq. 20 from the losses: the gradient of each loss with respect to
-    ``params`` by ``torch.autograd.grad`` (graph retained), combined by
-    ``combine_gradients``. Assign the result with
-    ``for p, g in zip(params, grads): p.grad = g`` before the optimiser step;
-    the MPNN's parameters belong out of ``params`` (see ``mpnn``)."""
-    params = list(params)
-    return combine_gradients(loss_gradients(task_loss, params), [loss_gradients(loss, params) for loss in distill_losses],
-                             mode=mode, scope=scope)
-
-
 def loss_gradients(loss: Tensor, params: Sequence[Tensor]) -> list[Optional[Tensor]]:
     """The gradient of ``loss`` with respect to each of ``params`` (``None``
     where it does not reach one), the graph retained for the next loss."""
