@@ -1,16 +1,18 @@
 import json
-from pathlib import Path
 
 import pytest
 
+from kdlens.cli import main
 from kdlens.config import load_config
 from kdlens.experiment import demo_config, run_demo
 
-ROOT = Path(__file__).parents[1]
 
-
-def test_shipped_demo_config_is_the_demo():
-    assert load_config(ROOT / "configs" / "synthetic-vgg.yaml") == demo_config()
+@pytest.mark.parametrize("quick", [False, True])
+def test_printed_config_is_the_demo(quick, tmp_path, capsys):
+    assert main(["demo", "--print-config", *(["--quick"] if quick else [])]) == 0
+    printed = tmp_path / "demo.yaml"
+    printed.write_text(capsys.readouterr().out)
+    assert load_config(printed) == demo_config(quick=quick)
 
 
 def test_quick_demo_is_smaller():

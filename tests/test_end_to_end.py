@@ -2,19 +2,15 @@
 small VGG-style teacher trained on the full data is clearly more accurate than
 the baseline trained on 10% of it. Slow (a few minutes): `make test-slow`."""
 
-from pathlib import Path
-
 import pytest
 
-from kdlens.config import load_config
+from kdlens.experiment import demo_config
 from kdlens.train import train_roles
-
-CONFIG = Path(__file__).parents[1] / "configs" / "synthetic-vgg.yaml"
 
 
 @pytest.mark.slow
 def test_teacher_beats_the_baseline_trained_on_a_tenth(tmp_path):
-    config = load_config(CONFIG)
+    config = demo_config()
     run = train_roles(config, tmp_path / "run", roles=["teacher", "baseline"])
     teacher = run.role("teacher").load(config.teacher.epochs)["metrics"]["test_accuracy"]
     baseline = run.role("baseline").load(config.baseline.epochs)["metrics"]["test_accuracy"]

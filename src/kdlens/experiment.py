@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
+from importlib import resources
 from pathlib import Path
 from typing import Optional
 
 import torch
+import yaml
 
 from kdlens.builders import build_datasets
 from kdlens.config import ExperimentConfig, parse_config
@@ -23,31 +25,38 @@ from kdlens.data import denormalize
 from kdlens.discarding.analyze import AnalysisSettings, analyze_run, role_points, sample_indices, summarize_role
 from kdlens.train import train_roles
 
-# The built-in data puts the class in the object only (no distractor of a
-# class, a random background) and objects fill about a quarter of the image.
-DEMO = {
-    "seed": 0,
-    "data": {"name": "synthetic", "image_size": 32, "num_classes": 6, "train_size": 6000,
-             "test_size": 600, "distractors": 2, "student_fraction": 0.1},
-    "model": {"arch": "vgg11", "width": 0.125, "dropout": 0.5, "linear_init": "pytorch"},
-    "teacher": {"epochs": 10, "lr": 0.05},
-    "baseline": {"epochs": 16, "lr": 0.05},
-    "student": {"layer": "fc1", "distill": {"epochs": 12, "lr": 0.003}, "classify": {"epochs": 8, "lr": 0.05}},
-    "analysis": {"estimators": ["converged", "paper"], "samples": 16, "grid": 16, "paper_final_only": True},
+# The demo's config is one file shipped with the package (``kdlens demo
+# --print-config`` shows it); --quick changes only what makes it small.
+DEMO_CONFIG = "demo.yaml"
+QUICK_CHANGES = {
+    "data": {"num_classes": 4, "train_size": 2000, "test_size": 400, "student_fraction": 0.25},
+    "teacher": {"epochs": 4},
+    "baseline": {"epochs": 4},
+    "student": {"distill": {"epochs": 4}, "classify": {"epochs": 3}},
+    "analysis": {"samples": 4, "grid": 8},
 }
-QUICK = {
-    **DEMO,
-    "data": {**DEMO["data"], "num_classes": 4, "train_size": 2000, "test_size": 400, "student_fraction": 0.25},
-    "model": {**DEMO["model"], "width": 0.125},
-    "teacher": {"epochs": 4, "lr": 0.05},
-    "baseline": {"epochs": 4, "lr": 0.05},
-    "student": {"layer": "fc1", "distill": {"epochs": 4, "lr": 0.003}, "classify": {"epochs": 3, "lr": 0.05}},
-    "analysis": {"estimators": ["converged", "paper"], "samples": 4, "grid": 8, "paper_final_only": True},
-}
+
+
+def _merged(base: dict, changes: dict) -> dict:
+    """``base`` with ``changes`` applied key by key, nested mappings merged."""
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = _merged(base.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+def demo_text() -> str:
+    """The demo's config file, comments included."""
+    return resources.files("kdlens").joinpath(DEMO_CONFIG).read_text()
+
+
+def demo_raw(quick: bool = False) -> dict:
+    raw = yaml.safe_load(demo_text())
+    return _merged(raw, QUICK_CHANGES) if quick else raw
 
 
 def demo_config(quick: bool = False) -> ExperimentConfig:
-    return parse_config(QUICK if quick else DEMO, source="demo" + (" --quick" if quick else ""))
+    return parse_config(demo_raw(quick), source="demo" + (" --quick" if quick else ""))
 
 
 def run_experiment(
@@ -124,7 +133,7 @@ def run_demo(
 ) -> dict[str, Path]:
     """The demo on the built-in synthetic data; ``quick`` is a smaller version for smoke tests;
     ``estimators`` replaces the demo's (converged and paper)."""
-    raw = QUICK if quick else DEMO
+    raw = demo_raw(quick)
     if estimators:
         raw = {**raw, "analysis": {**raw["analysis"], "estimators": estimators}}
     config = parse_config(raw, source="demo" + (" --quick" if quick else ""))
