@@ -60,3 +60,10 @@ def test_the_ready_configs_load():
     assert [e.mode for e in mutual.mutual] == ["dml", "ie_dml"]
     for path in root.glob("compare-*.yaml"):
         load_compare_config(path)
+
+
+def test_ie_methods_pair_by_their_declared_property_not_their_labels():
+    config = parse_compare_config({"methods": ["baseline", {"name": "at", "label": "Attention"},
+                                                      {"name": "ie_at", "label": "Mine"}, "ie_ft", "kd"]})
+    assert config.ie_pairs == [("Mine", "Attention")]  # IE-FT's base (ft) is not compared
+    assert config.ie_titles == ["Mine", "IE-FT"]

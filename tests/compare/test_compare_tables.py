@@ -52,13 +52,13 @@ def test_per_seed_table_and_csv_list_every_run():
 
 def test_claims_compare_ie_with_its_base_and_everything_with_the_baseline():
     summary = {t: error_stats(r) for t, r in RESULTS.items()}
-    checks = {c["claim"]: c for c in claims(summary, "Student")}
+    checks = {c["claim"]: c for c in claims(summary, "Student", [("IE-FT", "FT")])}
     assert checks["IE-FT beats FT"]["holds"] is True
     assert checks["IE-FT beats FT"]["gap"] == pytest.approx(0.5)
     assert checks["IE-FT beats FT"]["within_noise"] is True  # 0.5 < std 0.71
     assert checks["FT beats the independent student"]["holds"] is True
     worse = {**summary, "IE-FT": error_stats({"0": row(20.0)})}
-    assert {c["claim"]: c for c in claims(worse, "Student")}["IE-FT beats FT"]["holds"] is False
+    assert {c["claim"]: c for c in claims(worse, "Student", [("IE-FT", "FT")])}["IE-FT beats FT"]["holds"] is False
 
 
 def test_table4_lists_both_networks_per_mode():

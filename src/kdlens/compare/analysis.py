@@ -57,7 +57,7 @@ def analyze_comparison(comparison: Comparison, *, progress: bool = True) -> Opti
         return None  # only the independent student: nothing to explain
     teacher.to(device).eval()
     baseline = next(e.title for e in config.methods if e.name == BASELINE)
-    ie_entries = [e for e in config.methods if e.name.startswith("ie_")]
+    ie_entries = [e for e in config.methods if e.ie_variant_of is not None]
     kd_entries = [e for e in config.methods if e.name == "kd"]
 
     train_set = comparison.train_set

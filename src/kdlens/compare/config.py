@@ -83,6 +83,11 @@ class MethodEntry(Strict):
     def title(self) -> str:
         return self.label or LABELS.get(self.name, self.name)
 
+    @property
+    def ie_variant_of(self) -> Optional[str]:
+        """The method this entry is the IE-KD variant of (its declared property), else None."""
+        return None if self.name == BASELINE else METHODS.get(self.name).ie_variant_of
+
     @model_validator(mode="after")
     def _no_layer_for_sensing_points(self) -> "MethodEntry":
         if self.layer is not None and self.name != BASELINE and METHODS.get(self.name).sensing_points:
@@ -203,6 +208,20 @@ class CompareConfig(Strict):
     def rates(self) -> list[float]:
         """The students' fractions of the training set, the main (first) one first."""
         return list(self.sample_rates) if self.sample_rates else [self.data.student_fraction]
+
+    @property
+    def ie_pairs(self) -> list[tuple[str, str]]:
+        """(IE variant's title, its base method's title) for every IE-KD entry
+        whose base method is compared too, from the methods' declared property
+        ``ie_variant_of`` (not their labels, which a config may rename)."""
+        by_name = {entry.name: entry.title for entry in self.methods}
+        return [(entry.title, by_name[entry.ie_variant_of]) for entry in self.methods
+                if entry.ie_variant_of is not None and entry.ie_variant_of in by_name]
+
+    @property
+    def ie_titles(self) -> list[str]:
+        """The titles of the IE-KD entries."""
+        return [entry.title for entry in self.methods if entry.ie_variant_of is not None]
 
     @field_validator("methods", mode="before")
     @classmethod

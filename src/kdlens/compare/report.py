@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 from kdlens.compare import figures, iep_figures
-from kdlens.compare.config import BASELINE
-from kdlens.compare.config import label_folder
+from kdlens.compare.config import BASELINE, label_folder
 from kdlens.compare.runner import Comparison
 from kdlens.compare.tables import (
     claims,
@@ -56,14 +55,14 @@ def _untrained_lines(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> 
     return lines
 
 
-def _sharpness_lines(curves: Mapping[str, list], baseline: str) -> list[str]:
+def _sharpness_lines(curves: Mapping[str, list], baseline: str, ie_titles: Sequence[str]) -> list[str]:
     """IE-KD vs independent rise of the training loss under weight noise. As in
     the paper (whose two minima had training losses 0.131 and 0.126), a rise is
     only compared between minima of similar depth: the unperturbed losses within
     a factor of 2 of each other (a network stuck near chance is flat, not good)."""
     base = curves[baseline]
     lines = []
-    for title in [t for t in curves if t.startswith("IE-")]:
+    for title in [t for t in curves if t in ie_titles]:
         curve = curves[title]
         depth, base_depth = curve[0]["loss_mean"], base[0]["loss_mean"]
         rise, base_rise = curve[-1]["loss_mean"] - depth, base[-1]["loss_mean"] - base_depth
@@ -177,11 +176,11 @@ def write_comparison_report(comparison: Comparison, analysis: Optional[Mapping[s
         per_seed_table(comparison.results),
         "## The paper's claims on these numbers",
         "",
-        *_claim_lines(claims(summary, baseline)),
+        *_claim_lines(claims(summary, baseline, config.ie_pairs)),
         *_untrained_lines(comparison.results),
         "",
     ]
-    put("figures/errors.png", figures.error_bars(summary, teacher_error))
+    put("figures/errors.png", figures.error_bars(summary, teacher_error, config.ie_titles))
     if comparison.config.sample_rates:
         lines += _rate_lines(comparison, baseline, put)
     if iep:
@@ -226,11 +225,11 @@ def write_comparison_report(comparison: Comparison, analysis: Optional[Mapping[s
                       f"{config.analysis.energy:.0%} of the energy of the loss gradient at the layer "
                       "(after Cui et al. 2019; `kdlens.probes.active_neurons`).", ""]
         if analysis.get("sharpness"):
-            put("figures/sharpness.png", figures.sharpness_lines(analysis["sharpness"]))
+            put("figures/sharpness.png", figures.sharpness_lines(analysis["sharpness"], config.ie_titles))
             lines += ["![sharpness](figures/sharpness.png)", ""]
             base = analysis["sharpness"].get(baseline)
             if base:
-                lines += _sharpness_lines(analysis["sharpness"], baseline)
+                lines += _sharpness_lines(analysis["sharpness"], baseline, config.ie_titles)
                 lines.append("")
         atomic_write_json(out / "analysis.json", _jsonable(analysis))
         written["analysis.json"] = out / "analysis.json"

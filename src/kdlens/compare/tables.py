@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import statistics
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 Results = Mapping[str, Mapping[str, Mapping[str, Any]]]  # title -> seed -> row
 RateResults = Mapping[str, Results]  # rate label ("25%") -> Results
@@ -148,13 +148,15 @@ def rate_claims(
     return out
 
 
-def claims(summary: Mapping[str, Mapping[str, Any]], baseline: str) -> list[dict[str, Any]]:
+def claims(
+    summary: Mapping[str, Mapping[str, Any]], baseline: str, ie_pairs: Sequence[tuple[str, str]] = ()
+) -> list[dict[str, Any]]:
     """The paper's two observations on Table 1, checked on these numbers:
-    each IE variant beats its base method, and every method beats the
+    each IE variant beats its base method (``ie_pairs``: (IE title, base
+    title), see ``CompareConfig.ie_pairs``), and every method beats the
     independently trained student. ``holds`` is None when a side is missing;
     ``within_noise`` marks a gap smaller than the larger std of the two."""
-    pairs = [(t, t.removeprefix("IE-")) for t in summary if t.startswith("IE-")]
-    checks = [(ie, base, f"{ie} beats {base}") for ie, base in pairs if base in summary]
+    checks = [(ie, base, f"{ie} beats {base}") for ie, base in ie_pairs if ie in summary and base in summary]
     checks += [(t, baseline, f"{t} beats the independent student") for t in summary if t != baseline]
     out = []
     for better, worse, claim in checks:

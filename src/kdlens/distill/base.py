@@ -57,6 +57,10 @@ class DistillationMethod(nn.Module):
     controls_gradients: bool = False
     gradient_control: str = "clip"
     clip_scope: str = "parameter"
+    # The registered name of the method this one is the IE-KD variant of
+    # (ie_at -> "at"): its student splits the layer into inherited and explored
+    # parts, and a comparison pairs the two methods ("IE-AT beats AT").
+    ie_variant_of: Optional[str] = None
 
     def forward(
         self,

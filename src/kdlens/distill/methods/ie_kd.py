@@ -161,13 +161,16 @@ class InheritanceExploration(FactorMethod):
 @METHODS.register("ie_ft")
 class IEFactorTransfer(InheritanceExploration):
     variant = "ie_ft"
+    ie_variant_of = "ft"
 
 
 @METHODS.register("ie_at")
 class IEAttentionTransfer(InheritanceExploration):
     variant = "ie_at"
+    ie_variant_of = "at"
 
 
 @METHODS.register("ie_od")
 class IEOverhaul(InheritanceExploration):
     variant = "ie_od"
+    ie_variant_of = "od"
