@@ -66,7 +66,7 @@ from kdlens.data.synthetic import SyntheticShapes
 from kdlens.discarding import information_discarding, knowledge_points, summarize_points
 from kdlens.discarding.knowledge_points import DEFAULT_RULES
 from kdlens.discarding.paper import paper_defaults
-from kdlens.discarding.units import foreground_units, grid_units, unit_foreground_share
+from kdlens.modalities import modality_of
 from kdlens.models import build_model
 from kdlens.seeding import derive_seed
 from kdlens.report.validation_maps import maps_figure
@@ -415,12 +415,12 @@ def _run(out: Path, quick: bool, progress: bool, settings: ValidationSettings) -
         models[network], accuracy[network] = _network(out, settings, network, data, progress)
     timing["networks_seconds"] = round(time.perf_counter() - tick, 2)
 
-    units = grid_units(settings.image_size, settings.image_size, settings.grid)
+    modality = modality_of(datasets["object"])
+    units = modality.units((settings.image_size, settings.image_size), settings.grid)
     index = torch.tensor(indices)
     masks = {cue: datasets[cue].masks[index] for cue in datasets}
     masks_identical = bool(torch.equal(masks["object"], masks["background"]))
-    foreground = {cue: foreground_units(unit_foreground_share(m, units), settings.foreground_rule)
-                  for cue, m in masks.items()}
+    foreground = {cue: modality.foreground(m, units, settings.foreground_rule) for cue, m in masks.items()}
 
     tick = time.perf_counter()
     results: dict[str, dict[str, Any]] = {}

@@ -50,7 +50,7 @@ from kdlens.discarding.estimator import HALF_LOG_2PIE, check_estimator, informat
 from kdlens.discarding.knowledge_points import DEFAULT_RULES, PointRule, knowledge_points, summarize_points
 from kdlens.discarding.mimic import mimic_accuracies
 from kdlens.discarding.paper import paper_defaults
-from kdlens.discarding.units import foreground_units, grid_units, unit_foreground_share
+from kdlens.modalities import modality_of
 from kdlens.errors import CheckpointError, MissingFileError, UnknownNameError, UsageError
 from kdlens.seeding import derive_seed
 from kdlens.store import RunDirectory, atomic_torch_save, atomic_write_json, check_weights, load_checkpoint_file
@@ -245,12 +245,9 @@ def analyze_role(
     samples = [dataset[i] for i in indices]
     images = torch.stack([s.image for s in samples])
     masks = torch.stack([s.mask for s in samples])
-    height, width = images.shape[-2:]
-    if not 1 <= settings.grid <= min(height, width):
-        raise UsageError(f"grid = {settings.grid}: expected 1 to {min(height, width)} cells a side "
-                         f"for the run's {height}x{width} images")
-    units = grid_units(height, width, settings.grid)
-    foreground = foreground_units(unit_foreground_share(masks, units), settings.foreground_rule)
+    modality = modality_of(dataset)
+    units = modality.units(images.shape[1:], settings.grid)
+    foreground = modality.foreground(masks, units, settings.foreground_rule)
 
     model_config = config.resolved_teacher_model if role == "teacher" else config.model
     model = build_network(model_config, config, len(dataset.classes), init=role)

@@ -23,8 +23,7 @@ from typing import Literal, Sequence
 import torch
 from torch import Tensor
 
-from kdlens.errors import WrongTypeError
-from kdlens.errors import UsageError
+from kdlens.errors import UsageError, WrongTypeError
 
 
 def _bins(size: int, parts: int) -> Tensor:

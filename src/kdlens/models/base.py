@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Iterator, Optional, Sequence
 
 from torch import Tensor, nn
+
 from kdlens.errors import UnknownNameError
 
 PAPER_LAYERS: tuple[str, ...] = ("conv", "fc1", "fc2", "fc3")

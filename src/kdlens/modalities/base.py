@@ -1,0 +1,45 @@
+"""The contract of an input kind, and how a dataset says which kind it holds.
+
+A modality answers, for a batch of samples of its kind:
+
+* ``units(sample_shape, grid)``: the unit map (captum's ``feature_mask``
+  convention, see ``kdlens.discarding.units``): which input elements share one
+  noise scale sigma. Noise is always added to the model's input tensor, so
+  the unit map says where it goes: pixels of a grid cell, the coordinates of
+  a point, the embedding of a word.
+* ``foreground(masks, units, rule)``: (B, n_units) bool, which units are on
+  the object, from the samples' per-element foreground annotation.
+
+Everything else in the measurement (the estimators, knowledge points, the
+dynamics) is the same for every kind.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from torch import Tensor
+
+from kdlens.registry import Registry
+
+
+class Modality:
+    """An input kind; subclasses fill in the two questions above."""
+
+    name: str = ""
+    # what one sample's ``image`` field holds, for messages and docs
+    sample_schema: str = ""
+
+    def units(self, sample_shape: Sequence[int], grid: int) -> Tensor:
+        raise NotImplementedError
+
+    def foreground(self, masks: Tensor, units: Tensor, rule: float) -> Tensor:
+        raise NotImplementedError
+
+
+MODALITIES: Registry[Modality] = Registry("modality")
+
+
+def modality_of(dataset: Any) -> Modality:
+    """The modality a dataset declares in its ``modality`` attribute; images when it declares none."""
+    return MODALITIES.build(getattr(dataset, "modality", "image"))

@@ -1,0 +1,31 @@
+"""Images: a sample is a (C, H, W) tensor with a (H, W) foreground mask; the
+units are the cells of a G x G grid over the image (the paper's 16 x 16,
+Fig. 3), and a cell is foreground when at least ``rule`` of its pixels are."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from torch import Tensor
+
+from kdlens.discarding.units import foreground_units, grid_units, unit_foreground_share
+from kdlens.errors import UsageError
+from kdlens.modalities.base import MODALITIES, Modality
+
+
+class ImageModality(Modality):
+    name = "image"
+    sample_schema = "image (C, H, W) float, mask (H, W) bool"
+
+    def units(self, sample_shape: Sequence[int], grid: int) -> Tensor:
+        height, width = sample_shape[-2:]
+        if not 1 <= grid <= min(height, width):
+            raise UsageError(f"grid = {grid}: expected 1 to {min(height, width)} cells a side "
+                             f"for {height}x{width} images")
+        return grid_units(height, width, grid)
+
+    def foreground(self, masks: Tensor, units: Tensor, rule: float) -> Tensor:
+        return foreground_units(unit_foreground_share(masks, units), rule)
+
+
+MODALITIES.register("image")(ImageModality)
