@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import re
-import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, TypeVar, Union, get_args, get_origin
 
@@ -20,6 +19,8 @@ from pydantic_core import PydanticCustomError
 
 from kdlens.distill import METHODS
 from kdlens.errors import ConfigError
+from kdlens.messages import one_line, shown
+from kdlens.yaml_files import is_kind, read_yaml
 from kdlens.models import MODELS, PAPER_LAYERS
 
 ROLES = ("teacher", "baseline", "student")
@@ -27,23 +28,6 @@ Schema = TypeVar("Schema", bound=BaseModel)
 MAX_SEED = 2**63 - 1
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
 DEVICES = "auto, cpu, cuda, cuda:N or mps"
-
-_SHORT = reprlib.Repr()
-_SHORT.maxlevel, _SHORT.maxdict, _SHORT.maxlist, _SHORT.maxtuple, _SHORT.maxset = 3, 6, 6, 6, 6
-_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = 80, 80, 40
-SHOWN_CHARACTERS = 200
-
-
-def shown(value: Any) -> str:
-    """``value`` as a short one-line repr for an error message (nested, recursive and huge values are cut)."""
-    text = _SHORT.repr(value)
-    return text if len(text) <= SHOWN_CHARACTERS else text[: SHOWN_CHARACTERS - 3] + "..."
-
-
-def one_line(text: str) -> str:
-    """``text`` with its line breaks folded into spaces."""
-    return " ".join(str(text).split())
-
 
 def check_device(name: str) -> str:
     """``name`` if it has the form of a device kdlens can run on; where it is available is decided at run time."""
@@ -97,14 +81,6 @@ def _number_type(annotation: Any) -> bool:
     if get_origin(annotation) in (Union, list, tuple):
         return any(_number_type(a) for a in get_args(annotation) if a is not type(None) and a is not Ellipsis)
     return False
-
-
-def _is(path: Path, kind: str) -> bool:
-    """Whether ``path`` is a file / directory; False for a name the system cannot even look up (too long...)."""
-    try:
-        return path.is_dir() if kind == "dir" else path.is_file()
-    except (OSError, ValueError):
-        return False
 
 
 def paper_layer(layer: str) -> str:
@@ -182,7 +158,7 @@ class _RealData(DataCommon):
     @field_validator("path")
     @classmethod
     def _exists(cls, path: Path) -> Path:
-        if not _is(path, "dir"):
+        if not is_kind(path, "dir"):
             raise ValueError(f"directory {shown(str(path))} does not exist; expected the dataset root")
         return path
 
@@ -275,7 +251,7 @@ class StudentConfig(Strict):
     @field_validator("teacher_checkpoint")
     @classmethod
     def _checkpoint(cls, path: Optional[Path]) -> Optional[Path]:
-        if path is not None and not _is(path, "file"):
+        if path is not None and not is_kind(path, "file"):
             raise ValueError(f"file {shown(str(path))} does not exist; expected a teacher checkpoint (.pt)")
         return path
 
@@ -414,66 +390,6 @@ def validate(schema: type[Schema], raw: Any, source: str = "config") -> Schema:
 def parse_config(raw: Any, source: str = "config") -> ExperimentConfig:
     """Validate a mapping into an :class:`ExperimentConfig` or raise :class:`ConfigError`."""
     return validate(ExperimentConfig, raw, source)
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a key given twice in one mapping (plain
-    PyYAML keeps the last one silently, so a second ``teacher:`` section would
-    quietly replace the first)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: set = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may repeat keys on purpose
-                continue
-            key = self.construct_object(key_node, deep=True)
-            try:
-                repeated = key in seen
-            except TypeError:  # an unhashable key: the loader itself refuses it
-                continue
-            if repeated:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {shown(key)} appears twice in one mapping; expected each key once",
-                    key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def read_yaml(path: str | Path) -> Any:
-    """A config file's contents (a non-empty YAML document), or a one-line :class:`ConfigError`."""
-    path = Path(path)
-    name = repr(str(path))
-    if _is(path, "dir"):
-        raise ConfigError(one_line(f"config file {name} is a directory; expected a YAML file"))
-    if not _is(path, "file"):
-        raise ConfigError(one_line(f"config file {name} does not exist"))
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(one_line(f"config file {name} cannot be read: {exc.strerror or exc}")) from None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(one_line(
-            f"config file {name} is not UTF-8 text (byte {exc.start} is 0x{data[exc.start]:02x}); "
-            "expected a YAML config")) from None
-    try:
-        raw = yaml.load(text, Loader=_UniqueKeyLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or exc
-        if isinstance(exc, yaml.reader.ReaderError):  # a character YAML does not allow
-            line = text.count("\n", 0, exc.position) + 1
-            character = exc.character if isinstance(exc.character, int) else ord(exc.character)
-            where, problem = f" at line {line}", f"{exc.reason} (U+{character:04X})"
-        raise ConfigError(one_line(f"{path}: not valid YAML{where}: {problem}")) from None
-    except RecursionError:
-        raise ConfigError(one_line(f"{path}: nested too deeply to read")) from None
-    if raw is None:
-        raise ConfigError(one_line(f"config file {name} is empty; expected a mapping of config keys to values "
-                                   "(e.g. seed: 0)"))
-    return raw
 
 
 def load_config(path: str | Path) -> ExperimentConfig:

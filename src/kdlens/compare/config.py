@@ -29,14 +29,13 @@ from kdlens.config import (
     check_device,
     finite_options,
     key_error,
-    one_line,
     paper_layer,
-    read_yaml,
-    shown,
     validate,
 )
 from kdlens.distill import METHODS
+from kdlens.messages import one_line, shown
 from kdlens.train.mutual import MutualOptions
+from kdlens.yaml_files import read_yaml
 
 BASELINE = "baseline"
 LABELS = {"baseline": "Student", "kd": "KD", "at": "AT", "ft": "FT", "od": "OD", "feature_mse": "FitNet-MSE",
