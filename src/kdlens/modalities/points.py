@@ -1,0 +1,32 @@
+"""Point clouds: a sample is an (N, 3) tensor of xyz coordinates with an (N,)
+foreground mask (the object's points; the rest are the background points the
+paper attaches from clouds of other classes, Sec. 4.1). Each point is a unit:
+its three coordinates share one noise scale, so the noise moves the point."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from torch import Tensor
+
+from kdlens.discarding.units import foreground_units, point_units, unit_foreground_share
+from kdlens.errors import UsageError
+from kdlens.modalities.base import MODALITIES, Modality
+
+
+class PointModality(Modality):
+    name = "points"
+    sample_schema = "points (N, 3) float, mask (N,) bool"
+
+    def units(self, sample_shape: Sequence[int], grid: int) -> Tensor:
+        """One unit per point; ``grid`` does not apply to clouds and is ignored."""
+        if len(sample_shape) != 2 or sample_shape[-1] != 3:
+            raise UsageError(f"a point-cloud sample has shape {tuple(sample_shape)}; expected (N, 3)")
+        return point_units(sample_shape[0], sample_shape[1])
+
+    def foreground(self, masks: Tensor, units: Tensor, rule: float) -> Tensor:
+        """A point is foreground when it is the object's (its one mask value; ``rule`` changes nothing)."""
+        return foreground_units(unit_foreground_share(masks, units, align="leading"), rule)
+
+
+MODALITIES.register("points")(PointModality)
