@@ -49,6 +49,16 @@ def build_datasets(config: ExperimentConfig) -> tuple[Dataset, Dataset]:
         )
         sizes = {"train": data.train_size, "test": data.test_size}
         return tuple(DATASETS.build("synthetic", split=s, num_samples=sizes[s], **common) for s in ("train", "test"))
+    if data.name == "point_shapes":
+        common = dict(num_points=data.num_points, num_classes=data.num_classes, seed=config.seed, noise=data.noise,
+                      background_points=data.background_points, background_clouds=data.background_clouds,
+                      cue=data.cue)
+        sizes = {"train": data.train_size, "test": data.test_size}
+        return tuple(DATASETS.build("point_shapes", split=s, num_samples=sizes[s], **common) for s in ("train", "test"))
+    if data.name == "modelnet40":
+        common = dict(root=data.path, num_points=data.num_points, seed=config.seed, layout=data.layout,
+                      background_points=data.background_points, background_clouds=data.background_clouds)
+        return tuple(DATASETS.build("modelnet40", split=s, **common) for s in ("train", "test"))
     common = dict(root=data.path, image_size=data.image_size)
     if data.name == "cub":
         common.update(mask_source=data.mask_source, bbox_crop=data.bbox_crop)
@@ -68,7 +78,7 @@ def build_network(model: ModelConfig, config: ExperimentConfig, num_classes: int
     """A model with initial weights drawn from ``(seed, init)``."""
     torch.manual_seed(derive_seed(config.seed, "init", init))
     network = build_model(
-        model.arch, num_classes=num_classes, image_size=config.data.image_size,
+        model.arch, num_classes=num_classes, image_size=getattr(config.data, "image_size", None),
         width=model.width, dropout=model.dropout,
     )
     if model.linear_init == "pytorch":

@@ -70,8 +70,10 @@ def _analyze(args: argparse.Namespace) -> int:
            / f"summary-b{rule['threshold']:g}{'std' if rule['relative'] else ''}-{settings.baseline}.json")
     atomic_write_json(out, summaries)
     keys = ("n_fg", "n_bg", "lambda", "d_mean", "d_var", "rho", "accuracy")
+    clouds = getattr(load_config(run.config_path).data, "modality", "image") == "points"
+    units = "one unit per point" if clouds else f"grid {args.grid}x{args.grid}"
     print(f"layer {args.layer}, estimator {args.estimator}, {args.samples} {args.split} samples, "
-          f"grid {args.grid}x{args.grid}, b = {b}, H_bar per {args.baseline}")
+          f"{units}, b = {b}, H_bar per {args.baseline}")
     print(f"{'':9s}" + "".join(f"{k:>10s}" for k in keys))
     for role, summary in summaries.items():
         cells = (summary.get(k) for k in keys)
@@ -142,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--split", default="train", choices=["train", "test"],
                          help="where the samples come from (the paper used training images)")
     analyze.add_argument("--max-epochs", type=int, help="analyse at most this many checkpoints per model")
-    analyze.add_argument("--grid", type=int, default=16, help="units: a GxG grid over the image (default 16)")
+    analyze.add_argument("--grid", type=int, default=16, help="units of an image: a GxG grid (default 16); a point cloud has one unit per point")
     analyze.add_argument("--estimator", default="converged", choices=["converged", "paper"],
                          help="converged: kdlens's optimum of Eq. 4 (default); paper: the authors' recipe")
     analyze.add_argument("--threshold", type=float, default=None,

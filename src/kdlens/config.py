@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal, Optional, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -21,7 +21,7 @@ from kdlens.distill import METHODS
 from kdlens.errors import ConfigError
 from kdlens.messages import one_line, shown
 from kdlens.yaml_files import is_kind, read_yaml
-from kdlens.models import MODELS, PAPER_LAYERS
+from kdlens.models import MODELS, PAPER_LAYERS, input_kind
 
 ROLES = ("teacher", "baseline", "student")
 Schema = TypeVar("Schema", bound=BaseModel)
@@ -81,6 +81,13 @@ def _number_type(annotation: Any) -> bool:
     if get_origin(annotation) in (Union, list, tuple):
         return any(_number_type(a) for a in get_args(annotation) if a is not type(None) and a is not Ellipsis)
     return False
+
+
+def dataset_root(path: Path) -> Path:
+    """``path`` if it is a directory (where a dataset on disk is read from)."""
+    if not is_kind(path, "dir"):
+        raise ValueError(f"directory {shown(str(path))} does not exist; expected the dataset root")
+    return path
 
 
 def paper_layer(layer: str) -> str:
@@ -155,12 +162,7 @@ class _RealData(DataCommon):
     path: Path
     image_size: int = Field(224, ge=16)
 
-    @field_validator("path")
-    @classmethod
-    def _exists(cls, path: Path) -> Path:
-        if not is_kind(path, "dir"):
-            raise ValueError(f"directory {shown(str(path))} does not exist; expected the dataset root")
-        return path
+    _root = field_validator("path")(classmethod(lambda cls, path: dataset_root(path)))
 
 
 class CubData(_RealData):
@@ -173,7 +175,39 @@ class FolderData(_RealData):
     name: Literal["folder"]
 
 
-DataConfig = Annotated[Union[SyntheticData, CubData, FolderData], Field(discriminator="name")]
+class _PointData(DataCommon):
+    """Point clouds with the paper's background points attached (Sec. 4.1): to
+    every object cloud, ``background_points`` points drawn from
+    ``background_clouds`` clouds of other classes."""
+
+    modality: ClassVar[str] = "points"
+    num_points: int = Field(512, ge=1, description="points of the object's cloud")
+    background_points: int = Field(500, ge=0, description="background points attached (the paper: 500)")
+    background_clouds: int = Field(5, ge=1, description="clouds of other classes they come from (the paper: 5)")
+
+
+class PointShapesData(_PointData):
+    name: Literal["point_shapes"]
+    num_classes: int = Field(6, ge=2)
+    train_size: int = Field(3000, ge=1)
+    test_size: int = Field(600, ge=1)
+    noise: float = Field(0.01, ge=0.0)
+    cue: Literal["object", "background"] = Field(
+        "object", description="object: the label is the object's shape; background: the background clouds' "
+        "shape, with an object of a random class")
+
+
+class ModelNetData(_PointData):
+    name: Literal["modelnet40"]
+    path: Path
+    num_points: int = Field(1024, ge=1, description="points of the object's cloud")
+    layout: Literal["auto", "hdf5", "off"] = "auto"
+
+    _root = field_validator("path")(classmethod(lambda cls, path: dataset_root(path)))
+
+
+DataConfig = Annotated[Union[SyntheticData, CubData, FolderData, PointShapesData, ModelNetData],
+                       Field(discriminator="name")]
 
 
 class ModelConfig(Strict):
@@ -304,6 +338,15 @@ class ExperimentConfig(Strict):
             return {"name": "synthetic", **data}
         return data
 
+    @model_validator(mode="after")
+    def _models_take_the_data(self) -> "ExperimentConfig":
+        kind = getattr(self.data, "modality", "image")
+        for key, model in (("model", self.model), ("teacher_model", self.teacher_model)):
+            if model is not None and input_kind(model.arch) != kind:
+                raise ValueError(f"{key}.arch = {model.arch!r} takes {input_kind(model.arch)} input, but "
+                                 f"data.name = {self.data.name!r} holds {kind}; expected a model for {kind}")
+        return self
+
     @property
     def resolved_teacher_model(self) -> ModelConfig:
         return self.teacher_model or self.model
@@ -312,7 +355,8 @@ class ExperimentConfig(Strict):
         return self.model_dump(mode="json")
 
 
-_DATA_VARIANTS = {"synthetic": SyntheticData, "cub": CubData, "folder": FolderData}
+_DATA_VARIANTS = {"synthetic": SyntheticData, "cub": CubData, "folder": FolderData,
+                  "point_shapes": PointShapesData, "modelnet40": ModelNetData}
 
 
 def _key_parts(loc: tuple) -> list:

@@ -1,7 +1,10 @@
 """Datasets that return (image, label, foreground mask) samples.
 
 ``DATASETS.build(name, split=..., **kwargs)`` makes one by its registered
-name: "synthetic" (default, no download), "cub", "folder".
+name: "synthetic" (default, no download), "cub", "folder", and the point-cloud
+datasets "point_shapes" (no download) and "modelnet40". Point-cloud samples
+reuse ``Sample``: ``image`` is the cloud, float32 (N, 3), and ``mask`` is bool
+(N,), True on the object's points.
 """
 
 from __future__ import annotations
@@ -10,10 +13,14 @@ from kdlens.data.base import MaskedDataset, Sample, denormalize, fraction_indice
 from kdlens.data.catalog import DATASETS
 from kdlens.data.cub import CubDataset
 from kdlens.data.folder import MaskedImageFolder
+from kdlens.data.modelnet import ModelNet40
+from kdlens.data.point_background import attach_background, to_unit_sphere
+from kdlens.data.point_shapes import PointShapes
 from kdlens.data.synthetic import SyntheticShapes
 
 
 __all__ = [
     "Sample", "MaskedDataset", "fraction_subset", "fraction_indices", "normalize", "denormalize",
     "SyntheticShapes", "CubDataset", "MaskedImageFolder", "DATASETS",
+    "PointShapes", "ModelNet40", "attach_background", "to_unit_sphere",
 ]
