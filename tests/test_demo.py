@@ -7,12 +7,13 @@ from kdlens.config import load_config
 from kdlens.experiment import demo_config, run_demo
 
 
+@pytest.mark.parametrize("modality", ["image", "points"])
 @pytest.mark.parametrize("quick", [False, True])
-def test_printed_config_is_the_demo(quick, tmp_path, capsys):
-    assert main(["demo", "--print-config", *(["--quick"] if quick else [])]) == 0
+def test_printed_config_is_the_demo(quick, modality, tmp_path, capsys):
+    assert main(["demo", "--modality", modality, "--print-config", *(["--quick"] if quick else [])]) == 0
     printed = tmp_path / "demo.yaml"
     printed.write_text(capsys.readouterr().out)
-    assert load_config(printed) == demo_config(quick=quick)
+    assert load_config(printed) == demo_config(quick=quick, modality=modality)
 
 
 def test_quick_demo_is_smaller():
@@ -35,3 +36,14 @@ def test_quick_demo_writes_the_whole_report(tmp_path):
     for key in ("d_mean", "d_var", "rho"):  # the paper estimator measures the last checkpoints only
         assert all(key in metrics["layers"]["fc1"]["converged"][role] for role in ("student", "baseline"))
     assert list((tmp_path / "figures").glob("*.png"))
+
+
+@pytest.mark.slow
+def test_quick_point_cloud_demo_writes_the_whole_report(tmp_path):
+    files = run_demo(tmp_path, quick=True, progress=False, modality="points")
+    for name in ("report.md", "report.html", "metrics.json", "figures/maps_fc1_converged.png"):
+        assert (tmp_path / name).is_file() and name in files
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    models = metrics["layers"]["fc1"]["converged"]
+    assert {"teacher", "student", "baseline", "random"} <= set(models)
+    assert "PointNet" in (tmp_path / "report.md").read_text()

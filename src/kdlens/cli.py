@@ -87,10 +87,11 @@ def _demo(args: argparse.Namespace) -> int:
     from kdlens.experiment import demo_config, demo_text, run_demo
 
     if args.print_config:
-        print(demo_text() if not args.quick else dump_config(demo_config(quick=True)), end="")
+        text = dump_config(demo_config(True, args.modality)) if args.quick else demo_text(args.modality)
+        print(text, end="")
         return 0
     began = time.perf_counter()
-    files = run_demo(output_directory(args.out), quick=args.quick, split=args.split, progress=not args.quiet,
+    files = run_demo(output_directory(args.out), modality=args.modality, quick=args.quick, split=args.split, progress=not args.quiet,
                      estimators=args.estimator.split(",") if args.estimator else None)
     print(f"demo finished in {time.perf_counter() - began:.0f}s")
     for name, path in files.items():
@@ -169,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--split", default="train", choices=["train", "test"],
                       help="where the analysed samples come from (the paper used training images)")
     demo.add_argument("--estimator", help="converged, paper, or both comma-separated (default: converged,paper)")
+    demo.add_argument("--modality", default="image", choices=["image", "points"],
+                      help="image: VGG-11 on synthetic shapes (default); points: PointNet on synthetic point clouds")
     demo.add_argument("--print-config", action="store_true",
                       help="print the demo's config (with --quick: the quick one) and exit; a start for your own")
     demo.add_argument("--quiet", action="store_true", help="no progress output")

@@ -21,20 +21,33 @@ import yaml
 
 from kdlens.builders import build_datasets
 from kdlens.config import ExperimentConfig, parse_config
-from kdlens.data import denormalize
 from kdlens.discarding.analyze import AnalysisSettings, analyze_run, role_points, sample_indices, summarize_role
+from kdlens.errors import UsageError
+from kdlens.modalities import modality_of
 from kdlens.train import train_roles
 
-# The demo's config is one file shipped with the package (``kdlens demo
-# --print-config`` shows it); --quick changes only what makes it small.
-DEMO_CONFIG = "demo.yaml"
+# Each demo's config is one file shipped with the package (``kdlens demo
+# [--modality points] --print-config`` shows it); --quick changes only what
+# makes it small.
+DEMO_CONFIGS = {"image": "demo.yaml", "points": "demo-points.yaml"}
 QUICK_CHANGES = {
-    "data": {"num_classes": 4, "train_size": 2000, "test_size": 400, "student_fraction": 0.25},
-    "teacher": {"epochs": 4},
-    "baseline": {"epochs": 4},
-    "student": {"distill": {"epochs": 4}, "classify": {"epochs": 3}},
-    "analysis": {"samples": 4, "grid": 8},
+    "image": {
+        "data": {"num_classes": 4, "train_size": 2000, "test_size": 400, "student_fraction": 0.25},
+        "teacher": {"epochs": 4},
+        "baseline": {"epochs": 4},
+        "student": {"distill": {"epochs": 4}, "classify": {"epochs": 3}},
+        "analysis": {"samples": 4, "grid": 8},
+    },
+    "points": {
+        "data": {"num_classes": 4, "train_size": 400, "test_size": 100, "num_points": 64, "background_points": 64,
+                 "student_fraction": 0.25},
+        "teacher": {"epochs": 3},
+        "baseline": {"epochs": 3},
+        "student": {"distill": {"epochs": 2}, "classify": {"epochs": 2}},
+        "analysis": {"samples": 4},
+    },
 }
+TITLES = {"image": "VGG-11 on synthetic shapes", "points": "PointNet on synthetic point clouds"}
 
 
 def _merged(base: dict, changes: dict) -> dict:
@@ -45,18 +58,25 @@ def _merged(base: dict, changes: dict) -> dict:
     return out
 
 
-def demo_text() -> str:
+def _check_modality(modality: str) -> str:
+    if modality not in DEMO_CONFIGS:
+        raise UsageError(f"modality = {modality!r}: expected one of {', '.join(DEMO_CONFIGS)}")
+    return modality
+
+
+def demo_text(modality: str = "image") -> str:
     """The demo's config file, comments included."""
-    return resources.files("kdlens").joinpath(DEMO_CONFIG).read_text()
+    return resources.files("kdlens").joinpath(DEMO_CONFIGS[_check_modality(modality)]).read_text()
 
 
-def demo_raw(quick: bool = False) -> dict:
-    raw = yaml.safe_load(demo_text())
-    return _merged(raw, QUICK_CHANGES) if quick else raw
+def demo_raw(quick: bool = False, modality: str = "image") -> dict:
+    raw = yaml.safe_load(demo_text(modality))
+    return _merged(raw, QUICK_CHANGES[modality]) if quick else raw
 
 
-def demo_config(quick: bool = False) -> ExperimentConfig:
-    return parse_config(demo_raw(quick), source="demo" + (" --quick" if quick else ""))
+def demo_config(quick: bool = False, modality: str = "image") -> ExperimentConfig:
+    source = f"demo{' --modality ' + modality if modality != 'image' else ''}{' --quick' if quick else ''}"
+    return parse_config(demo_raw(quick, modality), source=source)
 
 
 def run_experiment(
@@ -86,12 +106,13 @@ def run_experiment(
 
     dataset = datasets[0] if split == "train" else datasets[1]
     indices = sample_indices(config, *datasets, plan.samples, split)
-    images = denormalize(torch.stack([dataset[i].image for i in indices]), dataset.mean, dataset.std)
-    masks = torch.stack([dataset[i].mask for i in indices])
+    modality = modality_of(dataset)
+    shown = modality.report_inputs(torch.stack([dataset[i].image for i in indices]),
+                                   torch.stack([dataset[i].mask for i in indices]), dataset)
 
     summaries, maps, analysed, timing = {}, {}, 0, {}
     for layer in layers:
-        summaries[layer], maps[layer] = {}, {"images": images.clamp(0, 1), "masks": masks}
+        summaries[layer], maps[layer] = {}, dict(shown)
         for estimator in plan.estimators:
             started = time.perf_counter()
             layer_settings = AnalysisSettings(**{**asdict(settings), "layer": layer, "estimator": estimator,
@@ -104,11 +125,11 @@ def run_experiment(
                 analysed += len(analysis.epochs)
                 summaries[layer][estimator][role] = summarize_role(analysis, layer_settings)
                 final = role_points(analysis, layer_settings)[-1]
-                grid = (len(indices), plan.grid, plan.grid)
+                layout = modality.unit_layout(len(indices), plan.grid, analysis.foreground.shape[-1])
                 maps[layer][estimator][role] = {
-                    "entropy": analysis.entropy[-1].reshape(grid),
-                    "points": final.is_point.reshape(grid),
-                    "foreground": analysis.foreground.reshape(grid),
+                    "entropy": analysis.entropy[-1].reshape(layout),
+                    "points": final.is_point.reshape(layout),
+                    "foreground": analysis.foreground.reshape(layout),
                 }
             timing[f"analysis_{layer}_{estimator}_s"] = round(time.perf_counter() - started, 1)
     finished = time.perf_counter()
@@ -118,7 +139,8 @@ def run_experiment(
         "estimators": list(plan.estimators),
         "settings": {**asdict(settings), **plan.model_dump(), "layers": layers, "split": split,
                      "max_epochs": max_epochs, "model": config.model.arch, "width": config.model.width,
-                     "image_size": config.data.image_size, "student_fraction": config.data.student_fraction},
+                     "image_size": getattr(config.data, "image_size", None), "modality": modality.name,
+                     "student_fraction": config.data.student_fraction},
         "timing": {"train_s": round(trained - began, 1), "analysis_s": round(finished - trained, 1), **timing,
                    "checkpoints_analysed": analysed, "samples": plan.samples},
         "layers": summaries,
@@ -129,17 +151,18 @@ def run_experiment(
 
 def run_demo(
     out: str | Path, *, quick: bool = False, split: str = "train", progress: bool = True,
-    estimators: Optional[list[str]] = None,
+    estimators: Optional[list[str]] = None, modality: str = "image",
 ) -> dict[str, Path]:
-    """The demo on the built-in synthetic data; ``quick`` is a smaller version for smoke tests;
-    ``estimators`` replaces the demo's (converged and paper)."""
-    raw = demo_raw(quick)
+    """The demo on the built-in synthetic data of ``modality`` (images or point
+    clouds); ``quick`` is a smaller version for smoke tests; ``estimators``
+    replaces the demo's (converged and paper)."""
+    raw = demo_raw(quick, modality)
     if estimators:
         raw = {**raw, "analysis": {**raw["analysis"], "estimators": estimators}}
     config = parse_config(raw, source="demo" + (" --quick" if quick else ""))
     settings = AnalysisSettings(steps=150, warm_steps=75) if quick else AnalysisSettings()
     return run_experiment(
         config, out, settings=settings, split=split,
-        title="kdlens demo" + (" (quick)" if quick else "") + ": VGG-11 on synthetic shapes",
+        title="kdlens demo" + (" (quick)" if quick else "") + f": {TITLES[modality]}",
         progress=progress,
     )

@@ -9,6 +9,10 @@ A modality answers, for a batch of samples of its kind:
   a point, the embedding of a word.
 * ``foreground(masks, units, rule)``: (B, n_units) bool, which units are on
   the object, from the samples' per-element foreground annotation.
+* ``report_inputs(inputs, masks, dataset)`` and ``unit_layout(count, grid,
+  n_units)``: what the report draws the knowledge points on (images in [0, 1],
+  or clouds) and the shape per-unit values take there ((B, G, G) cells, or
+  (B, N) points).
 
 Everything else in the measurement (the estimators, knowledge points, the
 dynamics) is the same for every kind.
@@ -34,6 +38,12 @@ class Modality:
         raise NotImplementedError
 
     def foreground(self, masks: Tensor, units: Tensor, rule: float) -> Tensor:
+        raise NotImplementedError
+
+    def report_inputs(self, inputs: Tensor, masks: Tensor, dataset: Any) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def unit_layout(self, count: int, grid: int, n_units: int) -> tuple[int, ...]:
         raise NotImplementedError
 
 

@@ -4,10 +4,11 @@ Fig. 3), and a cell is foreground when at least ``rule`` of its pixels are."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 from torch import Tensor
 
+from kdlens.data.base import denormalize
 from kdlens.discarding.units import foreground_units, grid_units, unit_foreground_share
 from kdlens.errors import UsageError
 from kdlens.modalities.base import MODALITIES, Modality
@@ -26,6 +27,13 @@ class ImageModality(Modality):
 
     def foreground(self, masks: Tensor, units: Tensor, rule: float) -> Tensor:
         return foreground_units(unit_foreground_share(masks, units), rule)
+
+    def report_inputs(self, inputs: Tensor, masks: Tensor, dataset: Any) -> dict[str, Tensor]:
+        """The images as they look (un-normalised, in [0, 1]) and their object masks."""
+        return {"images": denormalize(inputs, dataset.mean, dataset.std).clamp(0, 1), "masks": masks}
+
+    def unit_layout(self, count: int, grid: int, n_units: int) -> tuple[int, ...]:
+        return (count, grid, grid)
 
 
 MODALITIES.register("image")(ImageModality)

@@ -5,7 +5,7 @@ its three coordinates share one noise scale, so the noise moves the point."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 from torch import Tensor
 
@@ -27,6 +27,13 @@ class PointModality(Modality):
     def foreground(self, masks: Tensor, units: Tensor, rule: float) -> Tensor:
         """A point is foreground when it is the object's (its one mask value; ``rule`` changes nothing)."""
         return foreground_units(unit_foreground_share(masks, units, align="leading"), rule)
+
+    def report_inputs(self, inputs: Tensor, masks: Tensor, dataset: Any) -> dict[str, Tensor]:
+        """The clouds' xyz (already in the unit sphere) and which points are the object's."""
+        return {"clouds": inputs, "masks": masks}
+
+    def unit_layout(self, count: int, grid: int, n_units: int) -> tuple[int, ...]:
+        return (count, n_units)
 
 
 MODALITIES.register("points")(PointModality)
