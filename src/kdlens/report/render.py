@@ -33,7 +33,7 @@ DYNAMIC_KEYS = ("d_mean", "d_var", "rho")
 ROLE_ORDER = ("teacher", "student", "baseline", "random")
 
 HOW_TO_READ = [
-    "A knowledge point is an input unit (a grid cell) whose entropy H_i is lower than the mean background "
+    "A knowledge point is an input unit (a grid cell of an image, a point of a cloud) whose entropy H_i is lower than the mean background "
     "entropy by more than b: the layer keeps that unit's information (Sec. 3.2). The entropies are measured "
     "with one or more estimators; every table and verdict is given per estimator, the first being the primary.",
     "N_fg ↑ / N_bg ↓: knowledge points per sample on the object / on the background (Eq. 6-7), at the last epoch.",
