@@ -91,8 +91,8 @@ def _demo(args: argparse.Namespace) -> int:
         print(text, end="")
         return 0
     began = time.perf_counter()
-    files = run_demo(output_directory(args.out), modality=args.modality, quick=args.quick, split=args.split, progress=not args.quiet,
-                     estimators=args.estimator.split(",") if args.estimator else None)
+    files = run_demo(output_directory(args.out), modality=args.modality, quick=args.quick, split=args.split,
+                     progress=not args.quiet, estimators=args.estimator.split(",") if args.estimator else None)
     print(f"demo finished in {time.perf_counter() - began:.0f}s")
     for name, path in files.items():
         print(f"  {name:10s} {path}")
@@ -145,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--split", default="train", choices=["train", "test"],
                          help="where the samples come from (the paper used training images)")
     analyze.add_argument("--max-epochs", type=int, help="analyse at most this many checkpoints per model")
-    analyze.add_argument("--grid", type=int, default=16, help="units of an image: a GxG grid (default 16); a point cloud has one unit per point")
+    analyze.add_argument("--grid", type=int, default=16,
+                         help="units of an image: a GxG grid (default 16); a point cloud has one unit per point")
     analyze.add_argument("--estimator", default="converged", choices=["converged", "paper"],
                          help="converged: kdlens's optimum of Eq. 4 (default); paper: the authors' recipe")
     analyze.add_argument("--threshold", type=float, default=None,
