@@ -41,6 +41,7 @@ QUICK_CHANGES = {
     "points": {
         "data": {"num_classes": 4, "train_size": 400, "test_size": 100, "num_points": 64, "background_points": 64,
                  "student_fraction": 0.25},
+        "model": {"width": 0.125},
         "teacher": {"epochs": 3},
         "baseline": {"epochs": 3},
         "student": {"distill": {"epochs": 2}, "classify": {"epochs": 2}},
