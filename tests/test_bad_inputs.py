@@ -126,6 +126,14 @@ def with_teacher(tmp: Path, checkpoint: str) -> list[str]:
     return train_args(config, tmp)
 
 
+def with_teacher_method(tmp: Path, run: Path, method: str) -> list[str]:
+    """The student distilled with ``method`` at fc1 from the trained run's teacher."""
+    teacher = run / "teacher" / "checkpoints" / "epoch_001.pt"
+    config = write_config(tmp, {"train": ["student"], "student.method": method, "student.distill.epochs": 1,
+                                "student.classify.epochs": 1, "student.teacher_checkpoint": str(teacher)})
+    return train_args(config, tmp)
+
+
 def truncate_checkpoint(run: Path) -> Path:
     path = run / "baseline" / "checkpoints" / "epoch_001.pt"
     path.write_bytes(path.read_bytes()[:300])
@@ -176,6 +184,12 @@ CASES = [
     Case("negative width", lambda t, r: train_args(write_config(t, {"model.width": -1}), t), ("model.width", "-1")),
     Case("unknown layer", lambda t, r: train_args(write_config(t, {"student.layer": "fc9"}), t), ("fc9",)),
     Case("unknown method", lambda t, r: train_args(write_config(t, {"student.method": "magic"}), t), ("magic",)),
+    Case("a method that needs feature maps at fc1", lambda t, r: with_teacher_method(t, r, "at"), ("fc1",)),
+    Case("the paper estimator on a point model", lambda t, r: ["demo", "--modality", "points", "--quick",
+                                                               "--estimator", "paper", "--out", str(t / "d"),
+                                                               "--quiet"], ("pointnet",)),
+    Case("compare on point clouds", lambda t, r: ["compare", "--config", _compare_points(t), "--out",
+                                                  str(t / "cmp"), "--quiet"], ("point_shapes",)),
     Case("unknown role", lambda t, r: [*train_args(write_config(t), t), "--roles", "teacher,dean"], ("dean",)),
     Case("negative epochs", lambda t, r: train_args(write_config(t, {"teacher.epochs": -1}), t), ("teacher.epochs", "-1")),
     Case("dataset root missing", lambda t, r: train_args(
@@ -238,6 +252,12 @@ def _run_with(tmp: Path, run: Path, damage: Callable[[Path], Path]) -> Path:
     copy = copy_run(run, tmp)
     damage(copy)
     return copy
+
+
+def _compare_points(tmp: Path) -> str:
+    raw = {"seeds": [0], "data": {"name": "point_shapes"}, "teacher_model": {"arch": "pointnet"},
+           "model": {"arch": "pointnet"}, "methods": ["baseline", "kd"]}
+    return write_config(tmp, text=yaml.safe_dump(raw), name="compare.yaml")
 
 
 def _compare(tmp: Path, label: str) -> str:

@@ -60,7 +60,7 @@ def _analyze(args: argparse.Namespace) -> int:
             raise UsageError(f"{option} {value}: expected an integer >= {least}")
     # analyze_run refuses a run without checkpoints, so there is a summary to print below
     settings = AnalysisSettings(layer=args.layer, estimator=args.estimator, grid=args.grid, threshold=args.threshold,
-                                baseline=args.baseline, steps=args.steps)
+                                baseline=args.baseline, steps=args.steps, entropy_weight=args.entropy_weight)
     analyses = analyze_run(run, settings, args.samples, split=args.split, max_epochs=args.max_epochs,
                            progress=not args.quiet)
     summaries = {role: summarize_role(analysis, settings) for role, analysis in analyses.items()}
@@ -154,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "0.25 for AlexNet)")
     analyze.add_argument("--baseline", default="sample", choices=["sample", "dataset"],
                          help="H_bar per sample (the paper's text, default) or over the analysed samples (the authors' code)")
+    analyze.add_argument("--entropy-weight", type=float, default=None,
+                         help="paper estimator: lambda of its entropy term (default: the authors' 7 for VGG and "
+                              "AlexNet, 6 for ResNet; they give none for point-cloud models)")
     analyze.add_argument("--steps", type=int, default=300,
                          help="converged estimator: optimisation steps from a cold start (default 300)")
     analyze.add_argument("--quiet", action="store_true", help="no progress output")

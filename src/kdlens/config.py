@@ -90,6 +90,15 @@ def dataset_root(path: Path) -> Path:
     return path
 
 
+def check_models_take_data(data: Any, models: dict[str, Optional["ModelConfig"]]) -> None:
+    """A ValueError unless every model given takes the kind of input ``data`` holds (images, point clouds)."""
+    kind = getattr(data, "modality", "image")
+    for key, model in models.items():
+        if model is not None and input_kind(model.arch) != kind:
+            raise ValueError(f"{key}.arch = {model.arch!r} takes {input_kind(model.arch)} input, but "
+                             f"data.name = {data.name!r} holds {kind}; expected a model for {kind}")
+
+
 def paper_layer(layer: str) -> str:
     """``layer`` if the models have it, else a ValueError naming it."""
     if layer not in PAPER_LAYERS:
@@ -340,11 +349,7 @@ class ExperimentConfig(Strict):
 
     @model_validator(mode="after")
     def _models_take_the_data(self) -> "ExperimentConfig":
-        kind = getattr(self.data, "modality", "image")
-        for key, model in (("model", self.model), ("teacher_model", self.teacher_model)):
-            if model is not None and input_kind(model.arch) != kind:
-                raise ValueError(f"{key}.arch = {model.arch!r} takes {input_kind(model.arch)} input, but "
-                                 f"data.name = {self.data.name!r} holds {kind}; expected a model for {kind}")
+        check_models_take_data(self.data, {"model": self.model, "teacher_model": self.teacher_model})
         return self
 
     @property

@@ -27,6 +27,7 @@ from kdlens.config import (
     Strict,
     SyntheticData,
     check_device,
+    check_models_take_data,
     finite_options,
     key_error,
     paper_layer,
@@ -270,6 +271,17 @@ class CompareConfig(Strict):
                 raise ValueError(f"mutual: {mutual.title}: options {shown(mutual.options)}: {one_line(exc)}") from None
         if BASELINE not in [e.name for e in self.methods]:
             raise ValueError(f"methods: expected {BASELINE!r} among them (every method is compared with it)")
+        return self
+
+    @model_validator(mode="after")
+    def _images_only(self) -> "CompareConfig":
+        # The comparison's analysis tools (LRP relevance, CKA and active neurons
+        # on feature maps) are written for images; point clouds go through
+        # kdlens train / analyze / demo --modality points.
+        if getattr(self.data, "modality", "image") != "image":
+            raise ValueError(f"data.name = {self.data.name!r}: kdlens compare handles images only; expected an "
+                             "image dataset (synthetic, cub, folder)")
+        check_models_take_data(self.data, {"model": self.model, "teacher_model": self.teacher_model})
         return self
 
     def experiment(self, seed: int) -> ExperimentConfig:

@@ -90,7 +90,7 @@ def paper_defaults(arch: str) -> tuple[float, float]:
             return values
     raise UsageError(
         f"arch = {arch!r}: the authors give lambda and b for vgg*, alexnet and resnet* only; "
-        "pass entropy_weight (and threshold) explicitly"
+        "pass entropy_weight and threshold explicitly (kdlens analyze --entropy-weight ... --threshold ...)"
     )
 
 

@@ -32,6 +32,7 @@ from typing import Callable, Iterable, Mapping, Optional
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdlens.errors import UsageError
 from kdlens.registry import Registry
 
 METHODS: Registry["DistillationMethod"] = Registry("distillation method")
@@ -101,7 +102,7 @@ class DistillationMethod(nn.Module):
         (layer,) = self.layers
         f_s, f_t = student[layer], teacher[layer].detach()
         if same_shape and f_s.shape != f_t.shape:
-            raise ValueError(
+            raise UsageError(
                 f"layer {layer!r}: student feature {tuple(f_s.shape)} and teacher feature "
                 f"{tuple(f_t.shape)} differ; expected equal shapes"
             )
@@ -113,7 +114,7 @@ def as_map(feature: Tensor) -> Tensor:
     if feature.dim() == 2:
         return feature[:, :, None, None]
     if feature.dim() != 4:
-        raise ValueError(f"feature of shape {tuple(feature.shape)}: expected (B, C, H, W) or (B, C)")
+        raise UsageError(f"feature of shape {tuple(feature.shape)}: expected (B, C, H, W) or (B, C)")
     return feature
 
 

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdlens.distill.base import TeacherBatches, as_map
+from kdlens.errors import UsageError
 
 
 def _block(cin: int, cout: int, transposed: bool = False) -> list[nn.Module]:
@@ -36,7 +37,7 @@ def _block(cin: int, cout: int, transposed: bool = False) -> list[nn.Module]:
 
 def factor_channels(channels: int, ratio: float) -> int:
     if not ratio > 0:
-        raise ValueError(f"factor_ratio = {ratio!r}: expected > 0 (input channels / factor channels)")
+        raise UsageError(f"factor_ratio = {ratio!r}: expected > 0 (input channels / factor channels)")
     return max(1, round(channels / ratio))
 
 
@@ -79,7 +80,7 @@ def fit_autoencoder(
     schedule; the IE-KD supplement: at most 30 epochs from lr 0.1), then
     freeze it. Returns the mean reconstruction loss of each epoch."""
     if epochs < 0:
-        raise ValueError(f"autoencoder epochs = {epochs!r}: expected >= 0")
+        raise UsageError(f"autoencoder epochs = {epochs!r}: expected >= 0")
     optimizer = torch.optim.SGD(autoencoder.parameters(), lr=lr, momentum=momentum)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs))
     losses: list[float] = []

@@ -26,6 +26,8 @@ import torch.nn.functional as F
 import torch
 from torch import Tensor
 
+from kdlens.errors import UsageError
+
 Distance = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -64,16 +66,16 @@ def linear_cka(x: Tensor, y: Tensor) -> Tensor:
     Differentiable; computed through the n x n Gram matrices."""
     x, y = x.flatten(1), y.flatten(1)
     if x.shape[0] != y.shape[0]:
-        raise ValueError(f"CKA of {x.shape[0]} and {y.shape[0]} samples: expected the same samples on both sides")
+        raise UsageError(f"CKA of {x.shape[0]} and {y.shape[0]} samples: expected the same samples on both sides")
     if x.shape[0] < 2:
-        raise ValueError(f"CKA of {x.shape[0]} sample(s): expected at least 2")
+        raise UsageError(f"CKA of {x.shape[0]} sample(s): expected at least 2")
     x = x - x.mean(0, keepdim=True)
     y = y - y.mean(0, keepdim=True)
     gx, gy = x @ x.T, y @ y.T
     hsic = (gx * gy).sum()
     denominator = gx.pow(2).sum().sqrt() * gy.pow(2).sum().sqrt()
     if denominator <= 0:
-        raise ValueError("CKA of a representation with no variance across samples: undefined")
+        raise UsageError("CKA of a representation with no variance across samples: undefined")
     return hsic / denominator
 
 
@@ -109,7 +111,7 @@ def inheritance_exploration(metric: str) -> tuple[Distance, Distance]:
     try:
         return DISTANCES[metric]
     except KeyError:
-        raise ValueError(f"metric = {metric!r}: expected one of {', '.join(DISTANCES)}") from None
+        raise UsageError(f"metric = {metric!r}: expected one of {', '.join(DISTANCES)}") from None
 
 
 __all__ = ["DISTANCES", "inheritance_exploration", "linear_cka"]

@@ -14,7 +14,7 @@ from typing import Iterator, Optional, Sequence
 
 from torch import Tensor, nn
 
-from kdlens.errors import UnknownNameError
+from kdlens.errors import UnknownNameError, UsageError
 
 PAPER_LAYERS: tuple[str, ...] = ("conv", "fc1", "fc2", "fc3")
 # ``"conv.pre"`` names the input of the ReLU that ends stage ``conv``: the
@@ -36,7 +36,7 @@ def _stage_with_pre_activation(module: nn.Module, x: Tensor, where: str) -> tupl
         for child in children[:-1]:
             x = child(x)
         return _stage_with_pre_activation(children[-1], x, where)
-    raise ValueError(f"layer {where!r} does not end in a ReLU ({type(module).__name__}); it has no pre-activation feature")
+    raise UsageError(f"layer {where!r} does not end in a ReLU ({type(module).__name__}); it has no pre-activation feature")
 
 
 def pre_activation_norm(stage: nn.Module) -> Optional[nn.Module]:

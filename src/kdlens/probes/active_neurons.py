@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from kdlens.errors import UsageError
 from kdlens.models.base import NamedLayerModel
 from kdlens.probes._channels import channel_index
 from kdlens.probes._data import first_batches
@@ -62,9 +63,9 @@ class ActiveNeurons:
 
 def _check_energy(energy: float) -> float:
     if isinstance(energy, bool) or not isinstance(energy, (int, float)) or not math.isfinite(energy):
-        raise ValueError(f"energy = {energy!r}: expected a number in (0, 1]")
+        raise UsageError(f"energy = {energy!r}: expected a number in (0, 1]")
     if not 0 < energy <= 1:
-        raise ValueError(f"energy = {energy!r}: expected a share of the eigenvalue sum in (0, 1]")
+        raise UsageError(f"energy = {energy!r}: expected a share of the eigenvalue sum in (0, 1]")
     return float(energy)
 
 
@@ -114,7 +115,7 @@ def active_neurons(
             (grad,) = torch.autograd.grad(loss, feature)
             if channels is not None:
                 if grad.dim() < 2:
-                    raise ValueError(f"layer {layer!r} output has shape {tuple(grad.shape)}: expected (B, C, ...)")
+                    raise UsageError(f"layer {layer!r} output has shape {tuple(grad.shape)}: expected (B, C, ...)")
                 if index is None:
                     index = channel_index(channels, grad.shape[1], "channels").to(grad.device)
                 grad = grad[:, index]

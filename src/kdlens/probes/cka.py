@@ -21,19 +21,20 @@ import torch
 from torch import Tensor
 
 from kdlens.distill.similarity import linear_cka as differentiable_cka
+from kdlens.errors import UsageError
 from kdlens.probes._channels import channel_index
 
 
 def _centred(t: Tensor, name: str) -> Tensor:
     m = t.detach().reshape(t.shape[0], -1).to(dtype=torch.float64)
     if m.shape[1] == 0:
-        raise ValueError(f"{name} has shape {tuple(t.shape)}: expected at least one feature per example")
+        raise UsageError(f"{name} has shape {tuple(t.shape)}: expected at least one feature per example")
     if not torch.isfinite(m).all():
-        raise ValueError(f"{name} contains NaN or inf values")
+        raise UsageError(f"{name} contains NaN or inf values")
     centred = m - m.mean(dim=0, keepdim=True)
     # Relative test: centring a constant column can leave rounding residue.
     if centred.abs().max() <= 1e-12 * m.abs().max():
-        raise ValueError(f"{name} has zero variance across its {m.shape[0]} examples: CKA is undefined")
+        raise UsageError(f"{name} has zero variance across its {m.shape[0]} examples: CKA is undefined")
     return centred
 
 
@@ -48,12 +49,12 @@ def linear_cka(x: Tensor, y: Tensor) -> float:
     for name, t in (("x", x), ("y", y)):
         if not isinstance(t, Tensor) or t.dim() < 1:
             shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
-            raise ValueError(f"{name} has shape {shape}: expected a tensor (n, ...) with a batch dimension")
+            raise UsageError(f"{name} has shape {shape}: expected a tensor (n, ...) with a batch dimension")
     n = x.shape[0]
     if y.shape[0] != n:
-        raise ValueError(f"x has {n} examples but y has {y.shape[0]}: expected the same n on both sides")
+        raise UsageError(f"x has {n} examples but y has {y.shape[0]}: expected the same n on both sides")
     if n < 2:
-        raise ValueError(f"linear_cka got n = {n} examples: expected at least 2")
+        raise UsageError(f"linear_cka got n = {n} examples: expected at least 2")
     return float(differentiable_cka(_centred(x, "x"), _centred(y, "y")))
 
 
@@ -67,7 +68,7 @@ def channel_split_cka(features: Tensor, first: Tensor, second: Tensor) -> float:
     """
     if not isinstance(features, Tensor) or features.dim() < 2:
         shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
-        raise ValueError(f"features has shape {shape}: expected (n, C, ...)")
+        raise UsageError(f"features has shape {shape}: expected (n, C, ...)")
     channels = features.shape[1]
     a = channel_index(first, channels, "first")
     b = channel_index(second, channels, "second")

@@ -78,6 +78,7 @@ from captum.attr._utils.lrp_rules import EpsilonRule, GammaRule
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from kdlens.errors import UsageError
 from kdlens.models.base import NamedLayerModel
 from kdlens.models.resnet import BasicBlock
 from kdlens.probes._channels import channel_index
@@ -188,12 +189,12 @@ def _targets(targets: Targets, logits: Tensor) -> Tensor:
         return logits.argmax(dim=1)
     t = torch.as_tensor(targets, device=logits.device)
     if t.is_floating_point() or t.dtype == torch.bool:
-        raise ValueError(f"targets has dtype {t.dtype}: expected integer class indices")
+        raise UsageError(f"targets has dtype {t.dtype}: expected integer class indices")
     t = t.long().expand(batch) if t.dim() == 0 else t.long()
     if t.shape != (batch,):
-        raise ValueError(f"targets has shape {tuple(t.shape)}: expected one class per image, ({batch},)")
+        raise UsageError(f"targets has shape {tuple(t.shape)}: expected one class per image, ({batch},)")
     if int(t.min()) < 0 or int(t.max()) >= classes:
-        raise ValueError(f"targets {t.tolist()} outside the {classes} classes [0, {classes - 1}]")
+        raise UsageError(f"targets {t.tolist()} outside the {classes} classes [0, {classes - 1}]")
     return t
 
 
@@ -219,13 +220,13 @@ def relevance_maps(
     """
     if not isinstance(images, Tensor) or images.dim() != 4 or not images.is_floating_point():
         shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-        raise ValueError(f"images has shape {shape}: expected a float tensor (B, C, H, W)")
+        raise UsageError(f"images has shape {shape}: expected a float tensor (B, C, H, W)")
     if (layer is None) != (channels is None):
-        raise ValueError(f"layer = {layer!r}, channels given: {channels is not None}; expected both or neither")
+        raise UsageError(f"layer = {layer!r}, channels given: {channels is not None}; expected both or neither")
     if not epsilon > 0:
-        raise ValueError(f"epsilon = {epsilon!r}: expected a number > 0")
+        raise UsageError(f"epsilon = {epsilon!r}: expected a number > 0")
     if not gamma >= 0:
-        raise ValueError(f"gamma = {gamma!r}: expected a number >= 0")
+        raise UsageError(f"gamma = {gamma!r}: expected a number >= 0")
     lrp_model = copy.deepcopy(model).eval()
     for p in lrp_model.parameters():
         p.requires_grad_(False)
@@ -235,14 +236,14 @@ def relevance_maps(
         feature = None
         if layer is not None:
             if not isinstance(lrp_model, NamedLayerModel):
-                raise ValueError(f"layer = {layer!r} needs a NamedLayerModel, got {type(model).__name__}")
+                raise UsageError(f"layer = {layer!r} needs a NamedLayerModel, got {type(model).__name__}")
             feature = lrp_model.forward_to(x, lrp_model.check_layer(layer))
     if logits.dim() != 2:
-        raise ValueError(f"the model returned shape {tuple(logits.shape)}: expected logits (B, classes)")
+        raise UsageError(f"the model returned shape {tuple(logits.shape)}: expected logits (B, classes)")
     target = _targets(targets, logits)
     if layer is not None:
         if feature.dim() < 2:
-            raise ValueError(f"layer {layer!r} output has shape {tuple(feature.shape)}: expected (B, C, ...)")
+            raise UsageError(f"layer {layer!r} output has shape {tuple(feature.shape)}: expected (B, C, ...)")
         index = channel_index(channels, feature.shape[1], "channels")
         mask = torch.zeros(feature.shape[1], dtype=feature.dtype, device=feature.device)
         mask[index.to(feature.device)] = 1

@@ -33,16 +33,17 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from kdlens.errors import UsageError
 from kdlens.probes._data import first_batches
 
 
 def _check_sigmas(sigmas: Sequence[float]) -> list[float]:
     values = [float(s) for s in sigmas]
     if not values:
-        raise ValueError("sigmas is empty: expected at least one noise scale")
+        raise UsageError("sigmas is empty: expected at least one noise scale")
     bad = [s for s in values if not (math.isfinite(s) and s >= 0)]
     if bad:
-        raise ValueError(f"sigmas contains {bad}: expected finite noise scales >= 0")
+        raise UsageError(f"sigmas contains {bad}: expected finite noise scales >= 0")
     return values
 
 
@@ -76,7 +77,7 @@ def sharpness_curve(
     """
     values = _check_sigmas(sigmas)
     if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
-        raise ValueError(f"draws = {draws!r}: expected an integer >= 1")
+        raise UsageError(f"draws = {draws!r}: expected an integer >= 1")
     # Cached once: every sigma and draw scores the same samples.
     batches = list(first_batches(dataset, max_samples, batch_size, device))
     params = list(model.parameters())

@@ -44,6 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdlens.errors import UsageError
+
 
 class MultiHeadGraph(nn.Module):
     """MHGD's attention network between two sensing points, with an optional
@@ -53,7 +55,7 @@ class MultiHeadGraph(nn.Module):
         super().__init__()
         learned = heads - int(extrinsic)
         if learned < 1:
-            raise ValueError(f"heads = {heads!r}: expected at least {1 + int(extrinsic)}")
+            raise UsageError(f"heads = {heads!r}: expected at least {1 + int(extrinsic)}")
         width = max(1, (in_dim + out_dim) // 2)
         self.in_dim, self.out_dim, self.width = in_dim, out_dim, width
         self.learned, self.extrinsic = learned, bool(extrinsic)
@@ -74,7 +76,7 @@ class MultiHeadGraph(nn.Module):
         attention = torch.softmax(self.logits(c_prev, c_next), dim=-1)
         if self.extrinsic:
             if extrinsic is None:
-                raise ValueError("this graph has an extrinsic head: pass the IEP knowledge (N, N)")
+                raise UsageError("this graph has an extrinsic head: pass the IEP knowledge (N, N)")
             attention = torch.cat([attention, extrinsic.detach()[None]])
         if self.training:  # head drop: per row, keep the heads whose draw beats the mean draw
             draws = torch.randn(attention.shape[0], attention.shape[1], 1, device=attention.device)
@@ -92,7 +94,7 @@ def black_box_loss(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
     """L^BB = KLD(σ(tanh G^S) || σ(tanh G^T)) per head and row, averaged over
     heads and rows; the teacher's logits are detached."""
     if student_logits.shape != teacher_logits.shape or student_logits.dim() != 3:
-        raise ValueError(
+        raise UsageError(
             f"graph logits of shapes {tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}: "
             "expected equal (heads, N, N) shapes"
         )

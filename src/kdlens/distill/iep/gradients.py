@@ -40,6 +40,8 @@ from typing import Iterable, Optional, Sequence
 import torch
 from torch import Tensor
 
+from kdlens.errors import UsageError
+
 Gradients = Sequence[Optional[Tensor]]
 MODES = ("clip", "literal")
 SCOPES = ("parameter", "global")
@@ -57,7 +59,7 @@ def rescale_factor(task_norm: Tensor, norm: Tensor, mode: str = "clip") -> Tenso
     """Eq. 21's factor on z: min(1, task_norm/norm) ("clip") or
     max(1, task_norm/norm) ("literal"); 1 for a zero z."""
     if mode not in MODES:
-        raise ValueError(f"mode = {mode!r}: expected one of {MODES}")
+        raise UsageError(f"mode = {mode!r}: expected one of {MODES}")
     ratio = task_norm / norm.clamp_min(torch.finfo(norm.dtype).tiny)
     factor = ratio.clamp(max=1.0) if mode == "clip" else ratio.clamp(min=1.0)
     return torch.where(norm > 0, factor, torch.ones_like(factor))
@@ -75,13 +77,13 @@ def combine_gradients(
     loss, aligned with ``task_grads``. ``None`` where no gradient reaches a
     parameter at all."""
     if mode not in MODES:
-        raise ValueError(f"mode = {mode!r}: expected one of {MODES}")
+        raise UsageError(f"mode = {mode!r}: expected one of {MODES}")
     if scope not in SCOPES:
-        raise ValueError(f"scope = {scope!r}: expected one of {SCOPES}")
+        raise UsageError(f"scope = {scope!r}: expected one of {SCOPES}")
     count = len(task_grads)
     for j, grads in enumerate(distill_grads):
         if len(grads) != count:
-            raise ValueError(f"distillation gradients {j} cover {len(grads)} parameters: expected {count}, as the task's")
+            raise UsageError(f"distillation gradients {j} cover {len(grads)} parameters: expected {count}, as the task's")
     if scope == "global":
         task_norm = _norm(task_grads)
         factors = [[rescale_factor(task_norm, _norm(grads), mode)] * count for grads in distill_grads]

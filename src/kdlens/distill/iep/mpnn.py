@@ -47,6 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdlens.errors import UsageError
+
 
 class MPNNOutput(NamedTuple):
     affinity: Tensor  # (N, N): Ã_{l+1}, the knowledge K^int of Eq. 14
@@ -69,7 +71,7 @@ class EmbeddingProcedureMPNN(nn.Module):
         edge_dim = node_dim if edge_dim is None else edge_dim
         for name, value in (("in_dim", in_dim), ("node_dim", node_dim), ("edge_dim", edge_dim), ("iterations", iterations)):
             if not (isinstance(value, int) and value >= 1):
-                raise ValueError(f"{name} = {value!r}: expected a positive integer")
+                raise UsageError(f"{name} = {value!r}: expected a positive integer")
         self.in_dim, self.node_dim, self.edge_dim = in_dim, node_dim, edge_dim
         self.iterations = iterations
         self.scale_edges = bool(scale_edges)
@@ -88,9 +90,9 @@ class EmbeddingProcedureMPNN(nn.Module):
     def forward(self, c_prev: Tensor, c_next: Tensor) -> MPNNOutput:
         for name, c, dim in (("c_prev", c_prev, self.in_dim), ("c_next", c_next, self.node_dim)):
             if c.dim() != 2 or c.shape[1] != dim:
-                raise ValueError(f"{name} of shape {tuple(c.shape)}: expected (N, {dim})")
+                raise UsageError(f"{name} of shape {tuple(c.shape)}: expected (N, {dim})")
         if c_prev.shape[0] != c_next.shape[0]:
-            raise ValueError(
+            raise UsageError(
                 f"c_prev has {c_prev.shape[0]} samples and c_next {c_next.shape[0]}: expected the same batch"
             )
         edges = self.initial_edges(c_prev)
@@ -109,7 +111,7 @@ def affinity_kl(target: Tensor, estimate: Tensor) -> Tensor:
     over each row: the sum over w of each row's KL, averaged over the N rows.
     The target is detached."""
     if target.shape != estimate.shape or target.dim() != 2:
-        raise ValueError(
+        raise UsageError(
             f"affinities of shapes {tuple(target.shape)} and {tuple(estimate.shape)}: expected two (N, N) matrices"
         )
     log_p = F.log_softmax(target.detach(), dim=-1)
@@ -138,7 +140,7 @@ def alteration_loss(student: Tensor, teacher: Tensor) -> Tensor:
     pairs, iterations and edge channels divided by the N² pairs. The teacher's
     messages are detached."""
     if student.shape != teacher.shape or student.dim() < 2 or student.shape[0] != student.shape[1]:
-        raise ValueError(
+        raise UsageError(
             f"messages of shapes {tuple(student.shape)} and {tuple(teacher.shape)}: expected equal (N, N, ...) shapes"
         )
     return (student - teacher.detach()).abs().sum() / student.shape[0] ** 2

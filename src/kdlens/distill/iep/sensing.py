@@ -40,6 +40,7 @@ from kdlens.distill.iep.spca import (
     stereographic,
     student_principal_vectors,
 )
+from kdlens.errors import UsageError
 
 SECOND_PCA = ("ipca", "pca")
 
@@ -67,9 +68,9 @@ class SensingPoint(nn.Module):
         self.size = (min([*teacher_shape[1:2], *student_shape[1:2]], default=1),
                      min([*teacher_shape[2:3], *student_shape[2:3]], default=1))
         if second_pca not in SECOND_PCA:
-            raise ValueError(f"second_pca = {second_pca!r}: expected one of {SECOND_PCA}")
+            raise UsageError(f"second_pca = {second_pca!r}: expected one of {SECOND_PCA}")
         if teacher_channels < 2:
-            raise ValueError(
+            raise UsageError(
                 f"a sensing point with {teacher_channels} teacher channel(s): expected at least 2, "
                 "so that the second PCA keeps D/2 >= 1 components"
             )
@@ -87,7 +88,7 @@ class SensingPoint(nn.Module):
         with torch.no_grad():
             feature = self._pooled(feature.detach())
             if feature.shape[1] != self.channels:
-                raise ValueError(
+                raise UsageError(
                     f"teacher feature with {feature.shape[1]} channels: expected {self.channels}, as at set-up"
                 )
             first = first_principal_components(feature)
@@ -106,7 +107,7 @@ class SensingPoint(nn.Module):
         if self.connector is not None:
             feature = self.connector(feature)
         if feature.shape[1] != self.channels:
-            raise ValueError(
+            raise UsageError(
                 f"student feature with {feature.shape[1]} channels: expected {self.channels} (the teacher's) "
                 "or the count the point was set up with"
             )

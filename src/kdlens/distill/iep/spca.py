@@ -39,6 +39,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from kdlens.errors import UsageError
+
 
 def feature_matrix(features: Tensor) -> Tensor:
     """(N, C, H, W) maps as the (N, HW, C) matrices F_n of Eq. 3; a 3-D
@@ -47,7 +49,7 @@ def feature_matrix(features: Tensor) -> Tensor:
         return features.flatten(2).mT
     if features.dim() == 3:
         return features
-    raise ValueError(f"features of shape {tuple(features.shape)}: expected (N, C, H, W) maps or (N, HW, D) matrices")
+    raise UsageError(f"features of shape {tuple(features.shape)}: expected (N, C, H, W) maps or (N, HW, D) matrices")
 
 
 def principal_sign(vectors: Tensor, dim: int = -1) -> Tensor:
@@ -202,7 +204,7 @@ def student_principal_vectors(features: Tensor, teacher_left: Tensor) -> Tensor:
     student's D must match the teacher's for Eq. 17."""
     m = feature_matrix(features)
     if teacher_left.shape != m.shape[:2]:
-        raise ValueError(
+        raise UsageError(
             f"teacher left singular vectors of shape {tuple(teacher_left.shape)}: expected "
             f"(N, HW) = {tuple(m.shape[:2])} to match the student's feature"
         )
@@ -262,14 +264,14 @@ def _leading_components(rows: Tensor, k: int) -> tuple[Tensor, Tensor]:
 def _components(dim: int, components: Optional[int]) -> int:
     k = dim // 2 if components is None else components
     if not 1 <= k <= dim:
-        raise ValueError(f"{k} components of {dim}-dimensional points: expected 1 <= components <= {dim} (D/2 by default)")
+        raise UsageError(f"{k} components of {dim}-dimensional points: expected 1 <= components <= {dim} (D/2 by default)")
     return k
 
 
 def project(x: Tensor, stats: PCAStats) -> Tensor:
     """Eq. 5 and 17: C = (x - μ) V, (N, D) -> (N, k); gradients flow to x only."""
     if x.shape[-1] != stats.mean.shape[0]:
-        raise ValueError(f"points of dimension {x.shape[-1]}: expected {stats.mean.shape[0]}, the PCA's dimension")
+        raise UsageError(f"points of dimension {x.shape[-1]}: expected {stats.mean.shape[0]}, the PCA's dimension")
     return (x - stats.mean.to(x.dtype)) @ stats.components.to(x.dtype)
 
 
@@ -280,7 +282,7 @@ def batch_pca(x: Tensor, components: Optional[int] = None) -> PCAStats:
     trailing ones are an arbitrary completion with singular value 0, the rank
     problem the paper gives for preferring IPCA. No gradient (teacher side)."""
     if x.dim() != 2:
-        raise ValueError(f"points of shape {tuple(x.shape)}: expected (N, D)")
+        raise UsageError(f"points of shape {tuple(x.shape)}: expected (N, D)")
     k = _components(x.shape[1], components)
     mean = x.mean(0)
     v, s = _leading_components(x - mean, k)
@@ -320,9 +322,9 @@ class IncrementalPCA(nn.Module):
     def __init__(self, dim: int, components: Optional[int] = None, momentum: Optional[float] = 0.9) -> None:
         super().__init__()
         if dim < 1:
-            raise ValueError(f"dim = {dim!r}: expected a positive dimension")
+            raise UsageError(f"dim = {dim!r}: expected a positive dimension")
         if momentum is not None and not 0 < momentum <= 1:
-            raise ValueError(f"momentum = {momentum!r}: expected 0 < momentum <= 1, or None for the running mean")
+            raise UsageError(f"momentum = {momentum!r}: expected 0 < momentum <= 1, or None for the running mean")
         k = _components(dim, components)
         self.dim, self.k, self.momentum = dim, k, momentum
         self.register_buffer("mean", torch.zeros(dim))
@@ -341,7 +343,7 @@ class IncrementalPCA(nn.Module):
     def update(self, batch: Tensor) -> None:
         """Fold a batch of points (m, D) into the statistics."""
         if batch.dim() != 2 or batch.shape[1] != self.dim or batch.shape[0] < 1:
-            raise ValueError(f"batch of shape {tuple(batch.shape)}: expected (m >= 1, {self.dim})")
+            raise UsageError(f"batch of shape {tuple(batch.shape)}: expected (m >= 1, {self.dim})")
         x = batch.detach().to(self.mean)
         m, n = x.shape[0], int(self.count)
         batch_mean = x.mean(0)

@@ -37,12 +37,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdlens.distill.base import METHODS, DistillationMethod, match_spatial
+from kdlens.errors import UsageError
 
 
 def attention_map(feature: Tensor, p: int = 2) -> Tensor:
     """(B, C, H, W) -> (B, H*W): mean over channels of |A|^p, L2-normalised per sample."""
     if feature.dim() != 4:
-        raise ValueError(f"feature of shape {tuple(feature.shape)}: expected (B, C, H, W)")
+        raise UsageError(f"feature of shape {tuple(feature.shape)}: expected (B, C, H, W)")
     return F.normalize(feature.abs().pow(p).mean(1).flatten(1), dim=1)
 
 
@@ -51,9 +52,9 @@ class AttentionTransfer(DistillationMethod):
     def __init__(self, layer: str = "conv", beta: float = 1000.0, p: int = 2) -> None:
         super().__init__()
         if not beta >= 0:
-            raise ValueError(f"beta = {beta!r}: expected >= 0")
+            raise UsageError(f"beta = {beta!r}: expected >= 0")
         if not p > 0:
-            raise ValueError(f"p = {p!r}: expected > 0")
+            raise UsageError(f"p = {p!r}: expected > 0")
         self.layers = (layer,)
         self.beta = float(beta)
         self.p = p
@@ -67,13 +68,13 @@ class AttentionTransfer(DistillationMethod):
         (layer,) = self.layers
         f_s, f_t = self.features(student, teacher, same_shape=False)
         if f_s.dim() != 4 or f_t.dim() != 4:
-            raise ValueError(
+            raise UsageError(
                 f"layer {layer!r}: student feature {tuple(f_s.shape)} and teacher feature "
                 f"{tuple(f_t.shape)}; expected (B, C, H, W) feature maps"
             )
         f_s, f_t = match_spatial(f_s, f_t)
         if f_s.shape[2] * f_s.shape[3] < 2:
-            raise ValueError(
+            raise UsageError(
                 f"layer {layer!r}: feature maps of {f_s.shape[2]}x{f_s.shape[3]}; expected more than one "
                 "position (the attention map of one position is constant)"
             )

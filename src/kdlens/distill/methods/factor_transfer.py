@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from kdlens.distill.base import METHODS, DistillationMethod, TeacherBatches, as_map, match_spatial
 from kdlens.distill.factors import FactorAutoEncoder, FactorEncoder, factor_channels, fit_autoencoder, freeze
 from kdlens.distill.similarity import l1_distance
+from kdlens.errors import UsageError
 
 
 class FactorMethod(DistillationMethod):
@@ -36,9 +37,9 @@ class FactorMethod(DistillationMethod):
         super().__init__()
         factor_channels(8, factor_ratio)  # validates the ratio
         if paraphraser_epochs < 0:
-            raise ValueError(f"paraphraser_epochs = {paraphraser_epochs!r}: expected >= 0")
+            raise UsageError(f"paraphraser_epochs = {paraphraser_epochs!r}: expected >= 0")
         if not paraphraser_lr > 0:
-            raise ValueError(f"paraphraser_lr = {paraphraser_lr!r}: expected > 0")
+            raise UsageError(f"paraphraser_lr = {paraphraser_lr!r}: expected > 0")
         self.layers = (layer,)
         self.factor_ratio = float(factor_ratio)
         self.paraphraser_epochs = int(paraphraser_epochs)
@@ -85,7 +86,7 @@ class FactorTransfer(FactorMethod):
     ) -> None:
         super().__init__(layer, factor_ratio, paraphraser_epochs, paraphraser_lr)
         if not beta >= 0:
-            raise ValueError(f"beta = {beta!r}: expected >= 0")
+            raise UsageError(f"beta = {beta!r}: expected >= 0")
         self.beta = float(beta)
         self.translator: Optional[FactorEncoder] = None
 

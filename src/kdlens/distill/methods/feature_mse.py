@@ -19,6 +19,7 @@ from typing import Literal, Mapping, Optional
 from torch import Tensor
 
 from kdlens.distill.base import METHODS, DistillationMethod
+from kdlens.errors import UsageError
 
 
 @METHODS.register("feature_mse")
@@ -26,7 +27,7 @@ class FeatureMSE(DistillationMethod):
     def __init__(self, layer: str, reduction: Literal["mean", "sum"] = "sum") -> None:
         super().__init__()
         if reduction not in ("mean", "sum"):
-            raise ValueError(f"reduction = {reduction!r}: expected 'mean' or 'sum'")
+            raise UsageError(f"reduction = {reduction!r}: expected 'mean' or 'sum'")
         self.layers = (layer,)
         self.reduction = reduction
 

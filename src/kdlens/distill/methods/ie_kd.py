@@ -49,6 +49,7 @@ from kdlens.distill.factors import FactorEncoder
 from kdlens.distill.methods.attention import attention_map
 from kdlens.distill.methods.factor_transfer import FactorMethod
 from kdlens.distill.similarity import inheritance_exploration
+from kdlens.errors import UsageError
 
 VARIANTS = {"ie_ft": "l1", "ie_at": "l1", "ie_od": "l2"}
 
@@ -79,10 +80,10 @@ class InheritanceExploration(FactorMethod):
     ) -> None:
         super().__init__(layer, factor_ratio, paraphraser_epochs, paraphraser_lr)
         if not 0 <= eta <= 1:
-            raise ValueError(f"eta = {eta!r}: expected the inheritance share of channels, 0 <= eta <= 1")
+            raise UsageError(f"eta = {eta!r}: expected the inheritance share of channels, 0 <= eta <= 1")
         for name, value in (("lambda_inh", lambda_inh), ("lambda_exp", lambda_exp)):
             if not value >= 0:
-                raise ValueError(f"{name} = {value!r}: expected >= 0")
+                raise UsageError(f"{name} = {value!r}: expected >= 0")
         self.metric = metric or VARIANTS[self.variant]
         self.inherit, self.explore = inheritance_exploration(self.metric)
         self.eta = float(eta)
@@ -97,14 +98,14 @@ class InheritanceExploration(FactorMethod):
         if self.variant == "ie_at":
             for who, feature in (("student", student[layer]), ("teacher", teacher[layer])):
                 if feature.dim() != 4 or feature.shape[2] * feature.shape[3] < 2:
-                    raise ValueError(
+                    raise UsageError(
                         f"ie_at at layer {layer!r}: {who} feature {tuple(feature.shape)}; expected (B, C, H, W) "
                         "feature maps larger than 1x1 (an attention map of one position is constant)"
                     )
         factors = self._build_paraphraser(teacher[layer])
         channels = as_map(student[layer]).shape[1]
         if channels < 2 and 0 < self.eta < 1:
-            raise ValueError(f"layer {layer!r} has {channels} channel(s); the split needs at least 2")
+            raise UsageError(f"layer {layer!r} has {channels} channel(s); the split needs at least 2")
         # A permutation rather than sorted index sets: the first share is the
         # inheritance part. Persistent, so the checkpoint carries the split.
         # With 0 < eta < 1 both parts keep at least one channel.

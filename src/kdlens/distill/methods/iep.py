@@ -59,6 +59,7 @@ from kdlens.distill.iep.gradients import MODES, SCOPES
 from kdlens.distill.iep.mpnn import EmbeddingProcedureMPNN, MPNNOutput, alteration_loss, interim_loss, mpnn_loss
 from kdlens.distill.iep.sensing import SECOND_PCA, SensingPoint, TeacherSense
 from kdlens.distill.iep.spca import affinity
+from kdlens.errors import UsageError
 
 KNOWLEDGE = ("int", "alt", "bb")
 IEP_KNOWLEDGE = ("int", "alt")
@@ -70,7 +71,7 @@ def _points(points: Optional[Sequence[str]]) -> Optional[tuple[str, ...]]:
         return None
     points = tuple(points)
     if len(points) < 2 or len(set(points)) != len(points):
-        raise ValueError(f"points = {list(points)!r}: expected at least two distinct sensing points")
+        raise UsageError(f"points = {list(points)!r}: expected at least two distinct sensing points")
     return points
 
 
@@ -95,23 +96,23 @@ class EmbeddingProcedureTransfer(DistillationMethod):
         super().__init__()
         knowledge = tuple(dict.fromkeys(knowledge))
         if not knowledge or set(knowledge) - set(KNOWLEDGE):
-            raise ValueError(f"knowledge = {list(knowledge)!r}: expected a non-empty subset of {list(KNOWLEDGE)}")
+            raise UsageError(f"knowledge = {list(knowledge)!r}: expected a non-empty subset of {list(KNOWLEDGE)}")
         if second_pca not in SECOND_PCA:
-            raise ValueError(f"second_pca = {second_pca!r}: expected one of {SECOND_PCA}")
+            raise UsageError(f"second_pca = {second_pca!r}: expected one of {SECOND_PCA}")
         if not (isinstance(iterations, int) and iterations >= 1):
-            raise ValueError(f"iterations = {iterations!r}: expected a positive integer")
+            raise UsageError(f"iterations = {iterations!r}: expected a positive integer")
         if not 0 < ipca_momentum <= 1:
-            raise ValueError(f"ipca_momentum = {ipca_momentum!r}: expected 0 < momentum <= 1")
+            raise UsageError(f"ipca_momentum = {ipca_momentum!r}: expected 0 < momentum <= 1")
         if not (isinstance(mpnn_epochs, int) and mpnn_epochs >= 0):
-            raise ValueError(f"mpnn_epochs = {mpnn_epochs!r}: expected an integer >= 0")
+            raise UsageError(f"mpnn_epochs = {mpnn_epochs!r}: expected an integer >= 0")
         if not mpnn_lr > 0:
-            raise ValueError(f"mpnn_lr = {mpnn_lr!r}: expected > 0")
+            raise UsageError(f"mpnn_lr = {mpnn_lr!r}: expected > 0")
         if gradient_control not in GRADIENT_CONTROL:
-            raise ValueError(f"gradient_control = {gradient_control!r}: expected one of {GRADIENT_CONTROL}")
+            raise UsageError(f"gradient_control = {gradient_control!r}: expected one of {GRADIENT_CONTROL}")
         if not (isinstance(bb_heads, int) and bb_heads >= 2):
-            raise ValueError(f"bb_heads = {bb_heads!r}: expected an integer >= 2 (the learned heads and the IEP one)")
+            raise UsageError(f"bb_heads = {bb_heads!r}: expected an integer >= 2 (the learned heads and the IEP one)")
         if clip_scope not in SCOPES:
-            raise ValueError(f"clip_scope = {clip_scope!r}: expected one of {SCOPES}")
+            raise UsageError(f"clip_scope = {clip_scope!r}: expected one of {SCOPES}")
         self.requested_points = _points(points)
         self.layers = self.requested_points or ()
         self.knowledge = knowledge
@@ -143,13 +144,13 @@ class EmbeddingProcedureTransfer(DistillationMethod):
         else:
             s_points, t_points = student.stage_names, teacher.stage_names
             if s_points != t_points:
-                raise ValueError(
+                raise UsageError(
                     f"iep: the student has {len(s_points)} stages and the teacher {len(t_points)}; "
                     "expected as many, or give options.points (e.g. [stage2, stage3, stage4])"
                 )
             points = t_points
         if len(points) < 2:
-            raise ValueError(f"iep: sensing points {list(points)}: expected at least two")
+            raise UsageError(f"iep: sensing points {list(points)}: expected at least two")
         self.layers = tuple(points)
 
     def setup(self, student: Mapping[str, Tensor], teacher: Mapping[str, Tensor]) -> None:

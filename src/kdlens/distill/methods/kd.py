@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdlens.distill.base import METHODS, DistillationMethod
+from kdlens.errors import UsageError
 
 
 @METHODS.register("kd")
@@ -40,9 +41,9 @@ class HintonKD(DistillationMethod):
     def __init__(self, layer: str = "fc3", temperature: float = 4.0, alpha: float = 0.9) -> None:
         super().__init__()
         if not temperature > 0:
-            raise ValueError(f"temperature = {temperature!r}: expected > 0")
+            raise UsageError(f"temperature = {temperature!r}: expected > 0")
         if not 0 <= alpha <= 1:
-            raise ValueError(f"alpha = {alpha!r}: expected 0 <= alpha <= 1")
+            raise UsageError(f"alpha = {alpha!r}: expected 0 <= alpha <= 1")
         self.layers = (layer,)
         self.temperature = float(temperature)
         self.alpha = float(alpha)
@@ -61,7 +62,7 @@ class HintonKD(DistillationMethod):
         loss = self.alpha * t * t * soft
         if self.alpha < 1:
             if targets is None:
-                raise ValueError(
+                raise UsageError(
                     f"kd with alpha = {self.alpha} < 1 needs targets for the cross-entropy term"
                 )
             loss = loss + (1 - self.alpha) * F.cross_entropy(z_s, targets)

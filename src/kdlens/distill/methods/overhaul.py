@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from kdlens.distill.base import METHODS, DistillationMethod, TeacherBatches, as_map, match_spatial
+from kdlens.errors import UsageError
 from kdlens.models.base import PRE_ACTIVATION, pre_activation_norm
 
 
@@ -58,7 +59,7 @@ class OverhaulDistillation(DistillationMethod):
     def __init__(self, layer: str = "conv", weight: float = 1e-3) -> None:
         super().__init__()
         if not weight >= 0:
-            raise ValueError(f"weight = {weight!r}: expected >= 0")
+            raise UsageError(f"weight = {weight!r}: expected >= 0")
         self.layer = layer
         self.layers = (layer + PRE_ACTIVATION,)
         self.weight = float(weight)
@@ -90,7 +91,7 @@ class OverhaulDistillation(DistillationMethod):
             total_sq = x.pow(2).sum(1) if total_sq is None else total_sq + x.pow(2).sum(1)
             count += x.shape[1]
         if count == 0:
-            raise ValueError("od: no teacher features to measure the margin from (empty training set?)")
+            raise UsageError("od: no teacher features to measure the margin from (empty training set?)")
         mean = total / count
         return mean, (total_sq / count - mean.pow(2)).clamp_min(0).sqrt()
 
