@@ -49,6 +49,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _analyze(args: argparse.Namespace) -> int:
     from kdlens.discarding.analyze import AnalysisSettings, analyze_run, summarize_role
+    from kdlens.modalities import modality_of
     from kdlens.store import RunDirectory, atomic_write_json
 
     run = RunDirectory(args.run)
@@ -70,8 +71,7 @@ def _analyze(args: argparse.Namespace) -> int:
            / f"summary-b{rule['threshold']:g}{'std' if rule['relative'] else ''}-{settings.baseline}.json")
     atomic_write_json(out, summaries)
     keys = ("n_fg", "n_bg", "lambda", "d_mean", "d_var", "rho", "accuracy")
-    clouds = getattr(load_config(run.config_path).data, "modality", "image") == "points"
-    units = "one unit per point" if clouds else f"grid {args.grid}x{args.grid}"
+    units = modality_of(load_config(run.config_path).data).describe_units(args.grid)
     print(f"layer {args.layer}, estimator {args.estimator}, {args.samples} {args.split} samples, "
           f"{units}, b = {b}, H_bar per {args.baseline}")
     print(f"{'':9s}" + "".join(f"{k:>10s}" for k in keys))

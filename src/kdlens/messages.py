@@ -24,3 +24,10 @@ def shown(value: Any) -> str:
 def one_line(text: str) -> str:
     """``text`` with its line breaks folded into spaces."""
     return " ".join(str(text).split())
+
+
+def in_brief(error: BaseException) -> str:
+    """An exception in a few words for a one-line message: its type and its first sentence."""
+    text = str(error).strip()
+    sentence = text.splitlines()[0].split(". ")[0].rstrip(".") if text else ""
+    return f"{type(error).__name__}: {sentence}" if sentence else type(error).__name__

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from kdlens.errors import CheckpointError, MissingFileError, UsageError
+from kdlens.messages import in_brief
 
 CHECKPOINT_PATTERN = re.compile(r"^epoch_(\d{3,})\.pt$")
 
@@ -97,13 +98,6 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def _reason(exc: BaseException) -> str:
-    """``exc`` in a few words for a one-line message: its type and first sentence."""
-    text = str(exc).strip()
-    sentence = text.splitlines()[0].split(". ")[0].rstrip(".") if text else ""
-    return f"{type(exc).__name__}: {sentence}" if sentence else type(exc).__name__
-
-
 def load_checkpoint_file(
     path: str | Path,
     map_location: str | torch.device = "cpu",
@@ -140,7 +134,7 @@ def load_checkpoint_file(
         reason = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(exc))
         raise CheckpointError(
             f"{where} is truncated or not a torch checkpoint "
-            f"(unpickling failed: {reason.group(1).strip() if reason else _reason(exc)})"
+            f"(unpickling failed: {reason.group(1).strip() if reason else in_brief(exc)})"
         ) from None
     except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
         raise CheckpointError(f"{where} cannot be read: {exc.strerror}") from None
@@ -148,7 +142,7 @@ def load_checkpoint_file(
         # A truncated zip is a RuntimeError ("PytorchStreamReader failed ..."),
         # an empty file an EOFError, text a KeyError: all the same to the user.
         raise CheckpointError(
-            f"{where} is truncated or not a torch checkpoint ({_reason(exc)})"
+            f"{where} is truncated or not a torch checkpoint ({in_brief(exc)})"
         ) from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{where} holds a {type(obj).__name__}; expected a dict written by kdlens")

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from kdlens.data.base import normalize
 from kdlens.errors import DataError, MissingFileError
+from kdlens.messages import in_brief
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -48,14 +49,9 @@ def require(path: Path, expected: str) -> Path:
     return path
 
 
-def _reason(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
-
-
 def unreadable(path: Path, what: str, error: BaseException) -> DataError:
     """The one-line error for a file Pillow cannot read."""
-    return DataError(f"{str(path)!r} cannot be read as {what} ({_reason(error)}); expected a readable image file")
+    return DataError(f"{str(path)!r} cannot be read as {what} ({in_brief(error)}); expected a readable image file")
 
 
 def _open_checked(path: Path, what: str, read):

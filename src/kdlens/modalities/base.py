@@ -46,10 +46,15 @@ class Modality:
     def unit_layout(self, count: int, grid: int, n_units: int) -> tuple[int, ...]:
         raise NotImplementedError
 
+    def describe_units(self, grid: int) -> str:
+        """The units in a few words, for what the command line prints."""
+        raise NotImplementedError
+
 
 MODALITIES: Registry[Modality] = Registry("modality")
 
 
 def modality_of(dataset: Any) -> Modality:
-    """The modality a dataset declares in its ``modality`` attribute; images when it declares none."""
+    """The modality a dataset (or a config's ``data`` section) declares in its
+    ``modality`` attribute; images when it declares none."""
     return MODALITIES.build(getattr(dataset, "modality", "image"))

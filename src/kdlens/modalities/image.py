@@ -35,5 +35,8 @@ class ImageModality(Modality):
     def unit_layout(self, count: int, grid: int, n_units: int) -> tuple[int, ...]:
         return (count, grid, grid)
 
+    def describe_units(self, grid: int) -> str:
+        return f"grid {grid}x{grid}"
+
 
 MODALITIES.register("image")(ImageModality)

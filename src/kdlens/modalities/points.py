@@ -35,5 +35,8 @@ class PointModality(Modality):
     def unit_layout(self, count: int, grid: int, n_units: int) -> tuple[int, ...]:
         return (count, n_units)
 
+    def describe_units(self, grid: int) -> str:
+        return "one unit per point"
+
 
 MODALITIES.register("points")(PointModality)
