@@ -50,7 +50,13 @@ from torch.utils.data import Dataset
 from kdlens.data.base import Sample
 from kdlens.data.catalog import DATASETS
 from kdlens.data.imageio import require
-from kdlens.data.point_background import BACKGROUND_CLOUDS, BACKGROUND_POINTS, IndexedPool, attach_background
+from kdlens.data.point_background import (
+    BACKGROUND_CLOUDS,
+    BACKGROUND_POINTS,
+    IndexedPool,
+    attach_background,
+    unit_sphere,
+)
 from kdlens.errors import DataError, UsageError
 from kdlens.seeding import derive_seed
 
@@ -80,13 +86,6 @@ def _off_folder(root: Path) -> Path | None:
         if folder.is_dir() and any(any(folder.glob(f"*/{split}/*.off")) for split in SPLITS):
             return folder
     return None
-
-
-def _unit_sphere_batch(points: np.ndarray) -> np.ndarray:
-    """(S, P, 3) -> each cloud centred on its centroid, farthest point at distance 1."""
-    centred = points - points.mean(axis=1, keepdims=True)
-    radius = np.sqrt((centred * centred).sum(axis=2).max(axis=1))
-    return centred / np.where(radius > 0, radius, 1.0).astype(points.dtype)[:, None, None]
 
 
 def read_off(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -228,7 +227,7 @@ class ModelNet40(Dataset):
             if not np.isfinite(points).all():
                 bad = int(np.nonzero(~np.isfinite(points).all(axis=(1, 2)))[0][0])
                 raise DataError(f"{str(path)!r}: shape {bad} of 'data' has non-finite coordinates; expected finite points")
-            clouds.append(self._subsample(_unit_sphere_batch(points), sum(len(c) for c in clouds)))
+            clouds.append(self._subsample(unit_sphere(points), sum(len(c) for c in clouds)))
         self.labels = torch.from_numpy(np.concatenate(labels)).long()
         self._clouds: list[Tensor | None] = list(torch.from_numpy(np.concatenate(clouds)))
 
@@ -298,7 +297,7 @@ class ModelNet40(Dataset):
             raise DataError(f"{str(path)!r}: the mesh has no surface area; expected faces that are not degenerate")
         rng = np.random.default_rng(self._seed("surface", index))
         points, _ = trimesh.sample.sample_surface(mesh, self.num_points, seed=rng)
-        return torch.from_numpy(_unit_sphere_batch(np.asarray(points, dtype=np.float64)[None])[0].astype(np.float32))
+        return torch.from_numpy(unit_sphere(np.asarray(points, dtype=np.float64)).astype(np.float32))
 
     # --- samples ------------------------------------------------------------
 

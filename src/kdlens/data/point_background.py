@@ -42,6 +42,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -51,13 +52,19 @@ BACKGROUND_POINTS = 500
 BACKGROUND_CLOUDS = 5
 
 
+def unit_sphere(points: np.ndarray) -> np.ndarray:
+    """Clouds (..., N, 3), each moved so that its centroid is the origin and
+    scaled so that its farthest point is at distance 1 (the usual ModelNet40
+    normalisation); a cloud of coincident points is only centred. In numpy:
+    several times faster than torch on clouds this small."""
+    centred = points - points.mean(axis=-2, keepdims=True)
+    radius = np.sqrt((centred * centred).sum(axis=-1).max(axis=-1, keepdims=True))[..., None]
+    return centred / np.where(radius > 0, radius, 1.0).astype(points.dtype)
+
+
 def to_unit_sphere(points: Tensor) -> Tensor:
-    """``points`` (N, 3) moved so that their centroid is the origin and scaled
-    so that the farthest point is at distance 1 (the usual ModelNet40
-    normalisation). A cloud of coincident points is only centred."""
-    centred = points - points.mean(dim=0, keepdim=True)
-    radius = centred.norm(dim=1).max()
-    return centred / radius if float(radius) > 0 else centred
+    """:func:`unit_sphere` of a tensor (..., N, 3), in its dtype and device."""
+    return torch.from_numpy(unit_sphere(points.detach().cpu().numpy())).to(points)
 
 
 def draw_indices(n: int, k: int, generator: torch.Generator) -> Tensor:
