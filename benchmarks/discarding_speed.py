@@ -10,7 +10,7 @@ units, number of steps, process and thread count:
           kdlens (same loss and conventions as the engine: log-sigma parameter,
           mean entropy over units, alpha, tau, noise draws per step, Adam, lr,
           delta_f^2 from tau-noise, sigma averaged over the last 10% of steps);
-* engine: ``kdlens.discarding.information_discarding`` on the whole batch.
+* engine: ``kdlens.explain.information_discarding`` on the whole batch.
 
 It prints both times, their ratio (loop / engine) and how well the results
 agree: per-sample Jaccard overlap of the knowledge points (b = 0.2, majority
@@ -36,10 +36,10 @@ from pathlib import Path
 import torch
 
 from kdlens.data.synthetic import SyntheticShapes
-from kdlens.discarding import information_discarding
-from kdlens.discarding.converged import converged_discarding
-from kdlens.discarding.knowledge_points import knowledge_points
-from kdlens.discarding.units import grid_units, unit_foreground_share
+from kdlens.explain import information_discarding
+from kdlens.explain.converged import converged_discarding
+from kdlens.explain.knowledge_points import knowledge_points
+from kdlens.modalities.units import grid_units, unit_foreground_share
 from kdlens.models import build_model
 
 ENGINE = {k: p.default for k, p in inspect.signature(converged_discarding).parameters.items()

@@ -46,11 +46,11 @@ import torch
 
 from kdlens.builders import build_datasets, build_network
 from kdlens.config import load_config
-from kdlens.discarding import information_discarding
-from kdlens.discarding.analyze import AnalysisSettings, sample_indices
-from kdlens.discarding.common import feature_fn, frozen
-from kdlens.discarding.knowledge_points import foreground_ratio, knowledge_points
-from kdlens.discarding.units import check_units, foreground_units, grid_units, unit_foreground_share
+from kdlens.explain import information_discarding
+from kdlens.explain.analyze import AnalysisSettings, sample_indices
+from kdlens.explain.common import feature_fn, frozen
+from kdlens.explain.knowledge_points import foreground_ratio, knowledge_points
+from kdlens.modalities.units import check_units, foreground_units, grid_units, unit_foreground_share
 from kdlens.store import RunDirectory
 
 

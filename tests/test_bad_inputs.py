@@ -23,8 +23,8 @@ import yaml
 from PIL import Image
 
 from kdlens.cli import main
-from kdlens.discarding import information_discarding
-from kdlens.discarding.units import grid_units
+from kdlens.explain import information_discarding
+from kdlens.modalities.units import grid_units
 from kdlens.errors import KdlensError
 from kdlens.models import build_model
 

@@ -21,13 +21,13 @@ import pytest
 import torch
 import yaml
 
-import kdlens.discarding.analyze as analyze
+import kdlens.explain.analyze as analyze
 import kdlens.store as store_module
 import kdlens.validate as validate
 from kdlens.builders import build_network
 from kdlens.cli import main
 from kdlens.config import parse_config
-from kdlens.discarding.analyze import AnalysisSettings
+from kdlens.explain.analyze import AnalysisSettings
 from kdlens.errors import CheckpointError
 from kdlens.models import build_model
 from kdlens.store import (
@@ -299,7 +299,7 @@ KILLED_ANALYSIS = textwrap.dedent(f"""
     import functools, os, signal, sys
     import torch
     torch.set_num_threads(1)  # as the tests' own process (conftest), so sums agree bit for bit
-    import kdlens.discarding.analyze as analyze
+    import kdlens.explain.analyze as analyze
     from kdlens.cli import main
 
     analyze.AnalysisSettings = functools.partial(analyze.AnalysisSettings, **{CHEAP_WARM_STARTS!r})

@@ -19,9 +19,9 @@ from kdlens.config import OptimConfig
 from kdlens.data import CubDataset, MaskedImageFolder
 from kdlens.data.base import Sample
 from kdlens.data.synthetic import SyntheticShapes
-from kdlens.discarding import grid_units, information_discarding, knowledge_points
-from kdlens.discarding.analyze import AnalysisSettings
-from kdlens.discarding.knowledge_points import PointRule
+from kdlens.explain import grid_units, information_discarding, knowledge_points
+from kdlens.explain.analyze import AnalysisSettings
+from kdlens.explain.knowledge_points import PointRule
 from kdlens.errors import DataError, TrainingDiverged, UsageError
 from kdlens.models import build_model
 from kdlens.store import CheckpointStore

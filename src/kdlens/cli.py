@@ -48,7 +48,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from kdlens.discarding.analyze import AnalysisSettings, analyze_run, summarize_role
+    from kdlens.explain.analyze import AnalysisSettings, analyze_run, summarize_role
     from kdlens.modalities import modality_of
     from kdlens.store import RunDirectory, atomic_write_json
 

@@ -21,7 +21,7 @@ import yaml
 
 from kdlens.builders import build_datasets
 from kdlens.config import ExperimentConfig, parse_config
-from kdlens.discarding.analyze import AnalysisSettings, analyze_run, role_points, sample_indices, summarize_role
+from kdlens.explain.analyze import AnalysisSettings, analyze_run, role_points, sample_indices, summarize_role
 from kdlens.errors import UsageError
 from kdlens.modalities import modality_of
 from kdlens.train import train_roles

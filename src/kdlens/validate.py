@@ -28,7 +28,7 @@ rendering of those images, the other two on the ``cue="object"`` rendering.
 Both estimators of information discarding are run (``"paper"``, the authors'
 recipe with VGG's entropy weight 7, and ``"converged"``), at layer fc1 on a
 GxG grid, and the knowledge points come from
-:data:`~kdlens.discarding.knowledge_points.DEFAULT_RULES`.  The acceptance
+:data:`~kdlens.explain.knowledge_points.DEFAULT_RULES`.  The acceptance
 bars, per estimator:
 
 * lambda(object_only) - lambda(background_cue) >= 0.3, and
@@ -63,9 +63,9 @@ from torch import Tensor, nn
 
 from kdlens.config import OptimConfig
 from kdlens.data.synthetic import SyntheticShapes
-from kdlens.discarding import information_discarding, knowledge_points, summarize_points
-from kdlens.discarding.knowledge_points import DEFAULT_RULES
-from kdlens.discarding.paper import paper_defaults
+from kdlens.explain import information_discarding, knowledge_points, summarize_points
+from kdlens.explain.knowledge_points import DEFAULT_RULES
+from kdlens.explain.paper import paper_defaults
 from kdlens.modalities import modality_of
 from kdlens.models import build_model
 from kdlens.seeding import derive_seed

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from kdlens.data import SyntheticShapes
-from kdlens.discarding.units import foreground_units, grid_units, unit_foreground_share
+from kdlens.modalities.units import foreground_units, grid_units, unit_foreground_share
 from kdlens.errors import UnknownNameError, UsageError
 from kdlens.modalities import MODALITIES, modality_of
 

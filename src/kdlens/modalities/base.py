@@ -3,7 +3,7 @@
 A modality answers, for a batch of samples of its kind:
 
 * ``units(sample_shape, grid)``: the unit map (captum's ``feature_mask``
-  convention, see ``kdlens.discarding.units``): which input elements share one
+  convention, see ``kdlens.modalities.units``): which input elements share one
   noise scale sigma. Noise is always added to the model's input tensor, so
   the unit map says where it goes: pixels of a grid cell, the coordinates of
   a point, the embedding of a word.

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 from torch import Tensor
 
 from kdlens.data.base import denormalize
-from kdlens.discarding.units import foreground_units, grid_units, unit_foreground_share
+from kdlens.modalities.units import foreground_units, grid_units, unit_foreground_share
 from kdlens.errors import UsageError
 from kdlens.modalities.base import MODALITIES, Modality
 

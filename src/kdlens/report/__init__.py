@@ -3,7 +3,7 @@
 ``write_report(out_dir, data)`` writes report.md, report.html, metrics.json and
 figures/*.png; ``hypothesis_verdicts(layers, distilled_layer, estimators)``
 decides the paper's Hypotheses 1-3 per layer and knowledge-point estimator from
-the per-role summaries of ``kdlens.discarding.analyze.summarize_role``, each
+the per-role summaries of ``kdlens.explain.analyze.summarize_role``, each
 comparison on a paired bootstrap interval over the analysed images
 (``paired_difference`` / ``metric_difference``).
 """

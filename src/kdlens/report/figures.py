@@ -58,7 +58,7 @@ def _no_data(ax, text: str = "no data") -> None:
 
 
 def _upsample(grid: np.ndarray, height: int, width: int) -> np.ndarray:
-    # the same cell boundaries as kdlens.discarding.units.grid_units (floor(i * g / size))
+    # the same cell boundaries as kdlens.modalities.units.grid_units (floor(i * g / size))
     g_rows, g_cols = grid.shape
     return grid[(np.arange(height) * g_rows) // height][:, (np.arange(width) * g_cols) // width]
 

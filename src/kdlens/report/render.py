@@ -321,7 +321,7 @@ def write_report(out_dir: str | Path, data: Mapping, *, bootstrap: Mapping | Non
 
     Roles are "teacher", "student", "baseline" and optionally "random" (the
     teacher's architecture with its random initial weights).  A summary is
-    ``kdlens.discarding.analyze.summarize_role``'s (n_fg, n_bg, lambda,
+    ``kdlens.explain.analyze.summarize_role``'s (n_fg, n_bg, lambda,
     accuracy, epochs, samples, per_epoch with optional "mimic_accuracy", and
     d_mean, d_var, rho for student / baseline) plus ``per_sample``: {"n_fg",
     "n_bg", "ratio", "d", "rho"}, each a list of float or None over the same N

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from kdlens.discarding import (
+from kdlens.explain import (
     d_mean_var,
     distance_to_peak,
     foreground_ratio,

@@ -53,7 +53,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from kdlens.discarding.common import (
+from kdlens.explain.common import (
     DEFAULT_MAX_BATCH,
     HALF_LOG_2PIE,
     DiscardingResult,
@@ -67,7 +67,7 @@ from kdlens.discarding.common import (
     noisy_distances,
     randn,
 )
-from kdlens.discarding.units import check_units
+from kdlens.modalities.units import check_units
 from kdlens.errors import UsageError
 
 NOISY_COPIES = 96

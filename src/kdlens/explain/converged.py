@@ -70,7 +70,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from kdlens.discarding.common import (
+from kdlens.explain.common import (
     DEFAULT_MAX_BATCH,
     HALF_LOG_2PIE,
     DiscardingResult,
@@ -84,7 +84,7 @@ from kdlens.discarding.common import (
     noisy_distances,
     randn,
 )
-from kdlens.discarding.units import check_units
+from kdlens.modalities.units import check_units
 from kdlens.errors import UsageError
 
 FINAL_LR_SHARE = 0.05  # the lr at the last step, as a share of lr

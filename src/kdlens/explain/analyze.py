@@ -45,11 +45,11 @@ from tqdm.auto import tqdm
 
 from kdlens.builders import build_datasets, build_network, student_split
 from kdlens.config import load_config
-from kdlens.discarding.dynamics import distance_to_peak, stability, weight_distances
-from kdlens.discarding.estimator import HALF_LOG_2PIE, check_estimator, information_discarding
-from kdlens.discarding.knowledge_points import DEFAULT_RULES, PointRule, knowledge_points, summarize_points
-from kdlens.discarding.mimic import mimic_accuracies
-from kdlens.discarding.paper import paper_defaults
+from kdlens.explain.dynamics import distance_to_peak, stability, weight_distances
+from kdlens.explain.estimator import HALF_LOG_2PIE, check_estimator, information_discarding
+from kdlens.explain.knowledge_points import DEFAULT_RULES, PointRule, knowledge_points, summarize_points
+from kdlens.explain.mimic import mimic_accuracies
+from kdlens.explain.paper import paper_defaults
 from kdlens.modalities import modality_of
 from kdlens.errors import CheckpointError, MissingFileError, UnknownNameError, UsageError
 from kdlens.seeding import derive_seed

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from kdlens.discarding import (
+from kdlens.modalities.units import (
     check_units,
     element_units,
     foreground_units,

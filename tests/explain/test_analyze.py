@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-import kdlens.discarding.analyze as analyze
+import kdlens.explain.analyze as analyze
 from kdlens.config import parse_config
-from kdlens.discarding.analyze import AnalysisSettings, analyze_role, summarize_role
+from kdlens.explain.analyze import AnalysisSettings, analyze_role, summarize_role
 from kdlens.train import train_roles
 
 FAST = AnalysisSettings(layer="fc1", grid=4, steps=20, warm_steps=5, noise_samples=2, batch_size=2)

@@ -1,6 +1,6 @@
 """Information discarding and knowledge points (paper, Sec. 3.1-3.4)."""
 
-from kdlens.discarding.dynamics import (
+from kdlens.explain.dynamics import (
     Stability,
     d_mean_var,
     distance_to_peak,
@@ -8,16 +8,16 @@ from kdlens.discarding.dynamics import (
     stability,
     weight_distances,
 )
-from kdlens.discarding.estimator import ESTIMATORS, HALF_LOG_2PIE, DiscardingResult, information_discarding
-from kdlens.discarding.paper import paper_defaults
-from kdlens.discarding.knowledge_points import (
+from kdlens.explain.estimator import ESTIMATORS, HALF_LOG_2PIE, DiscardingResult, information_discarding
+from kdlens.explain.paper import paper_defaults
+from kdlens.explain.knowledge_points import (
     KnowledgePoints,
     PointSummary,
     foreground_ratio,
     knowledge_points,
     summarize_points,
 )
-from kdlens.discarding.units import (
+from kdlens.modalities.units import (
     check_units,
     element_units,
     foreground_units,

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdlens.discarding import grid_units, information_discarding, paper_defaults
-from kdlens.discarding.paper import NOISY_COPIES, STEPS
+from kdlens.explain import grid_units, information_discarding, paper_defaults
+from kdlens.explain.paper import NOISY_COPIES, STEPS
 
 
 def small_cnn(seed=0):

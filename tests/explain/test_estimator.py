@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from kdlens.discarding import element_units, grid_units, information_discarding
+from kdlens.explain import element_units, grid_units, information_discarding
 from kdlens.models.base import NamedLayerModel
 
 ALPHA, TAU = 2.0, 0.1

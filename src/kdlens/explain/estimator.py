@@ -16,9 +16,9 @@ import inspect
 
 from torch import Tensor, nn
 
-from kdlens.discarding.common import HALF_LOG_2PIE, DiscardingResult
-from kdlens.discarding.converged import converged_discarding
-from kdlens.discarding.paper import paper_discarding
+from kdlens.explain.common import HALF_LOG_2PIE, DiscardingResult
+from kdlens.explain.converged import converged_discarding
+from kdlens.explain.paper import paper_discarding
 from kdlens.errors import UsageError, WrongTypeError
 
 ESTIMATORS = {"converged": converged_discarding, "paper": paper_discarding}

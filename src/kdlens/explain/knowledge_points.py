@@ -38,7 +38,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from kdlens.discarding.common import check_number
+from kdlens.explain.common import check_number
 from kdlens.errors import UsageError
 
 
