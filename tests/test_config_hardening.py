@@ -110,6 +110,8 @@ def test_non_finite_numbers_are_refused_by_compare(tmp_path, text, key):
     ("data: {name: imagenet}", "data.name", "'imagenet'"),
     ("analysis: {estimators: [paper, guess]}", "analysis.estimators.1", "'guess'"),
     ("student: {layer: fc9}", "student.layer", "'fc9'"),
+    ("analysis: {layers: [fc1, fc9]}", "analysis.layers", "'fc9'"),
+    ("analysis: {layers: [fc2, fc2]}", "analysis.layers", "fc2"),
     ("1: 2", "key 1", "1"),
 ])
 def test_messages_name_key_and_value(tmp_path, text, key, value):

@@ -310,6 +310,9 @@ class AnalysisConfig(Strict):
     baseline: Literal["sample", "dataset"] = Field(
         "sample", description="H_bar per sample (the paper's text) or averaged over the analysed samples (the authors' code)"
     )
+    layers: Optional[list[str]] = Field(
+        None, min_length=1, description="the layers measured; by default the distilled one (student.layer)"
+    )
     samples: int = Field(16, ge=1)
     grid: int = Field(16, ge=1)
     paper_final_only: bool = Field(
@@ -322,6 +325,13 @@ class AnalysisConfig(Strict):
         if len(set(estimators)) != len(estimators):
             raise ValueError("expected each estimator at most once")
         return estimators
+
+    @field_validator("layers")
+    @classmethod
+    def _paper_layers(cls, layers: Optional[list[str]]) -> Optional[list[str]]:
+        if layers is not None and len(set(layers)) != len(layers):
+            raise ValueError("expected each layer at most once")
+        return layers if layers is None else [paper_layer(layer) for layer in layers]
 
 
 class ExperimentConfig(Strict):

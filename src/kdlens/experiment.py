@@ -3,7 +3,7 @@
 ``run_experiment`` trains a teacher, a baseline and a student distilled from a
 middle layer, measures the knowledge points of the student's and baseline's
 checkpoints, the teacher's last and the teacher's random initial weights at the
-distilled layer (or the layers given), with each estimator the config's
+distilled layer (or the layers given, or ``analysis.layers``), with each estimator the config's
 ``analysis`` names, and writes the report. Every stage is resumable: training
 resumes from the last checkpoint, the analysis from its per-checkpoint cache.
 """
@@ -99,7 +99,7 @@ def run_experiment(
 
     out = Path(out)
     plan = config.analysis
-    layers = layers or [config.student.layer]
+    layers = layers or plan.layers or [config.student.layer]
     # An estimator without defaults for these models (the paper's recipe on
     # point clouds) fails here, not after training.
     for estimator in plan.estimators:

@@ -96,8 +96,10 @@ def test_dead_feature_is_invalid_and_finite():
 def test_architecture_defaults_and_unknown_options():
     assert paper_defaults("vgg11") == (7.0, 0.2) and paper_defaults("alexnet") == (7.0, 0.25)
     assert paper_defaults("resnet18") == (6.0, 0.2)
+    # point clouds: b of Sec. 4.1 (0.5 for PointNet, 0.25 otherwise), lambda ours (VGG's)
+    assert paper_defaults("pointnet") == (7.0, 0.5) and paper_defaults("dgcnn") == (7.0, 0.25)
     with pytest.raises(ValueError, match="pointnet"):
-        paper_defaults("pointnet")
+        paper_defaults("pointconv")
     with pytest.raises(TypeError, match="steps"):
         information_discarding(small_cnn(), torch.randn(1, 3, 8, 8), None, grid_units(8, 8, 4),
                                estimator="paper", steps=10)

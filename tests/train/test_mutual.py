@@ -1,6 +1,7 @@
 """DML and IE-DML: the paper's alternating four-step update (sec. 3.3)."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -8,9 +9,11 @@ import torch.nn.functional as F
 
 from kdlens.config import OptimConfig
 from kdlens.data.synthetic import SyntheticShapes
+from kdlens.errors import TrainingDiverged
 from kdlens.models import build_model
 from kdlens.store import CheckpointStore
 from kdlens.train.mutual import MutualOptions, MutualPair, _parameters, mutual_step, train_mutually
+from kdlens.train.loop import NonFiniteLoss
 from kdlens.train.optim import build_optimizer
 
 
@@ -135,3 +138,100 @@ def test_mutual_step_returns_both_losses():
     optimizers = [build_optimizer(OptimConfig(lr=0.05), _parameters(pair.side(k)))[0] for k in (0, 1)]
     values = mutual_step(pair, optimizers, torch.randn(8, 3, 32, 32), torch.randint(0, 4, (8,)))
     assert len(values) == 2 and all(v > 0 for v in values)
+
+
+def _tiny_data():
+    train = SyntheticShapes(split="train", num_samples=32, image_size=32, num_classes=4, seed=0)
+    test = SyntheticShapes(split="test", num_samples=8, image_size=32, num_classes=4, seed=0)
+    return train, test
+
+
+def test_interrupted_dml_resumes_to_the_uninterrupted_weights_and_history(tmp_path):
+    train, test = _tiny_data()
+    optim = OptimConfig(epochs=2, batch_size=16, lr=0.05)
+    common = dict(seed=5, role="dml", device=torch.device("cpu"), progress=False)
+
+    full = pair_of("dml", seed=2)
+    full_history = train_mutually(full, train, test, CheckpointStore(tmp_path / "full"), optim, **common)
+
+    def stop(epoch):
+        if epoch == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train_mutually(pair_of("dml", seed=2), train, test, CheckpointStore(tmp_path / "cut"), optim,
+                       on_epoch_end=stop, **common)
+    assert CheckpointStore(tmp_path / "cut").latest() == 1
+    resumed = pair_of("dml", seed=2)
+    history = train_mutually(resumed, train, test, CheckpointStore(tmp_path / "cut"), optim, **common)
+    for key, value in full.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+    untimed = [[{k: v for k, v in row.items() if k != "seconds"} for row in rows] for rows in (history, full_history)]
+    assert untimed[0] == untimed[1]
+    assert list(history[-1]) == ["epoch", "seconds", "net1_objective", "net1_test_accuracy", "net1_test_loss",
+                                 "net2_objective", "net2_test_accuracy", "net2_test_loss"]
+
+
+def test_a_mutual_checkpoint_is_plain_data_with_the_mode_and_both_optimizers(tmp_path):
+    train, test = _tiny_data()
+    pair = pair_of("ie_dml")
+    store = CheckpointStore(tmp_path / "ie_dml")
+    train_mutually(pair, train, test, store, OptimConfig(epochs=1, batch_size=16, lr=0.05), seed=0, role="ie_dml",
+                   device=torch.device("cpu"), progress=False)
+    state = torch.load(store.path(1), weights_only=True)
+    assert state["mode"] == "ie_dml" and state["phase"] == "ie_dml"
+    assert state["model"].keys() == pair.state_dict().keys()
+    assert len(state["optimizer"]) == 2 and len(state["scheduler"]) == 2
+    sizes = [len(o["param_groups"][0]["params"]) for o in state["optimizer"]]
+    assert sizes == [len(_parameters(pair.side(k))) for k in (0, 1)]
+    assert all(p.requires_grad for p in pair.parameters())  # the loop leaves the pair trainable again
+
+
+def _nan_for(pair: MutualPair, network: int, call: int):
+    """``pair.loss`` with the loss of ``network`` (0 or 1) NaN from its ``call``-th call on."""
+    original, calls = pair.loss, []
+
+    def loss(k, images, labels):
+        value, terms = original(k, images, labels)
+        if k == network:
+            calls.append(k)
+            if len(calls) >= call:
+                value = value * math.nan
+        return value, terms
+
+    return loss
+
+
+def _params_of(pair: MutualPair, k: int) -> dict[str, torch.Tensor]:
+    side = {id(p) for p in _parameters(pair.side(k))}
+    return {name: p.detach().clone() for name, p in pair.named_parameters() if id(p) in side}
+
+
+def test_a_non_finite_loss_of_net2_stops_the_run_before_net2_steps(tmp_path):
+    train, test = _tiny_data()
+    pair = pair_of("dml")
+    pair.loss = _nan_for(pair, network=1, call=3)  # 2 batches an epoch: epoch 2, batch 1
+    store = CheckpointStore(tmp_path / "dml")
+    with pytest.raises(TrainingDiverged) as error:
+        train_mutually(pair, train, test, store, OptimConfig(epochs=3, batch_size=16, lr=0.05), seed=3, role="dml",
+                       device=torch.device("cpu"), progress=False)
+    message = str(error.value)
+    assert "\n" not in message
+    assert "dml diverged in epoch 2 (dml phase, batch 1)" in message
+    assert "the loss L_2 of net2 is nan" in message and "epoch 1 stays the latest" in message
+    assert store.latest() == 1
+    saved = store.load(1)["model"]
+    assert all(torch.equal(value, saved[name]) for name, value in _params_of(pair, 1).items())  # net2: no step
+    assert any(not torch.equal(value, saved[name]) for name, value in _params_of(pair, 0).items())  # net1 stepped
+
+
+def test_mutual_step_raises_before_the_step_of_the_network_whose_loss_is_not_finite():
+    pair = pair_of("dml")
+    optimizers = [build_optimizer(OptimConfig(lr=0.05), _parameters(pair.side(k)))[0] for k in (0, 1)]
+    pair.loss = _nan_for(pair, network=0, call=1)
+    before = [_params_of(pair, k) for k in (0, 1)]
+    with pytest.raises(NonFiniteLoss, match="the loss L_1 of net1 is nan"):
+        mutual_step(pair, optimizers, torch.randn(8, 3, 32, 32), torch.randint(0, 4, (8,)))
+    after = [_params_of(pair, k) for k in (0, 1)]
+    for k in (0, 1):
+        assert all(torch.equal(before[k][name], after[k][name]) for name in before[k])

@@ -79,17 +79,30 @@ CHECK_STEP = 59  # args.epoch - args.epoch_break - 1
 ENTROPY_TARGET = -2.8
 WEIGHT_GROWTH = 1.5
 
-# (lambda, b) per architecture family, from train_sigma.py and Sec. 4.1
-_FAMILY_DEFAULTS = {"vgg": (7.0, 0.2), "alexnet": (7.0, 0.25), "resnet": (6.0, 0.2)}
+# (lambda, b) per architecture family. Images: lambda from train_sigma.py, b
+# from Sec. 4.1. Point clouds: b from Sec. 4.1 (0.25, and 0.5 for PointNet);
+# the authors released no point-cloud script, so lambda is ours: VGG's 7. The
+# entropy term's pull on a unit's sigma is lambda / (n sigma) for n units, and
+# a cloud of the built-in demo has about as many units (253 points) as the
+# paper's 16 x 16 grid (256 cells), so the recipe moves sigma at the same pace.
+_FAMILY_DEFAULTS = {
+    "vgg": (7.0, 0.2), "alexnet": (7.0, 0.25), "resnet": (6.0, 0.2),
+    "pointnet": (7.0, 0.5), "dgcnn": (7.0, 0.25),
+}
+# the families whose lambda the authors did not publish (see above)
+LAMBDA_NOT_PUBLISHED = ("pointnet", "dgcnn")
 
 
 def paper_defaults(arch: str) -> tuple[float, float]:
-    """(entropy weight lambda, knowledge-point threshold b) of the authors for an architecture name."""
+    """(entropy weight lambda, knowledge-point threshold b) of the paper's
+    recipe for an architecture name; for point-cloud models lambda is kdlens's
+    choice (:data:`LAMBDA_NOT_PUBLISHED`, see the comment above)."""
     for family, values in _FAMILY_DEFAULTS.items():
         if arch.lower().startswith(family):
             return values
     raise UsageError(
-        f"arch = {arch!r}: the authors give lambda and b for vgg*, alexnet and resnet* only; "
+        f"arch = {arch!r}: the paper's recipe has lambda and b for "
+        f"{', '.join(f + '*' for f in _FAMILY_DEFAULTS)} only; "
         "pass entropy_weight and threshold explicitly (kdlens analyze --entropy-weight ... --threshold ...)"
     )
 

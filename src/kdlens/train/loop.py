@@ -9,8 +9,16 @@ re-seeds its randomness from ``(seed, role, epoch)`` and the optimizer and
 schedule states are checkpointed, ends with the same weights as an
 uninterrupted run.
 
-A run that diverges stops with :class:`~kdlens.errors.TrainingDiverged`: the
-loss is checked every batch before the optimizer steps, and the weights (and
+A phase runs one or more *updates* on every mini-batch, in turn: each trains
+its own modules on its own objective with its own optimizer. An ordinary phase
+is one update; deep mutual learning (``kdlens.train.mutual``) is one phase of
+two, one per network. An :class:`EpochReport` measures the row each epoch adds
+to the history and sums it up in the progress line; by default
+(:class:`ModelReport`) the model's objective, accuracy and loss on the
+training and test sets.
+
+A run that diverges stops with :class:`~kdlens.errors.TrainingDiverged`: each
+update's loss is checked before its optimizer steps, and the weights (and
 buffers, such as batch-norm statistics) before every checkpoint, so no
 checkpoint ever holds a diverged epoch and the last good one stays the latest.
 """
@@ -21,7 +29,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -43,33 +51,114 @@ Backward = Callable[[Any, list[nn.Parameter]], Tensor]
 
 
 @dataclass
+class Update:
+    """One optimizer step on a mini-batch: ``objective(images, labels) -> loss``
+    trains the parameters of ``trainable``, and only those require gradients
+    meanwhile. ``loss_name`` names the loss when it is not finite."""
+
+    trainable: Sequence[nn.Module]
+    objective: Objective
+    backward: Optional[Backward] = None
+    loss_name: str = "the objective"
+
+
+@dataclass
 class Phase:
     """``objective(images, labels) -> loss`` trains ``trainable`` (modules put
     in train mode and optimised); everything else in the model stays frozen, in
     eval mode, so batch-norm statistics of frozen layers do not move either.
     With ``backward`` the objective may return anything that function turns
-    into gradients (IEP's separately clipped loss terms)."""
+    into gradients (IEP's separately clipped loss terms).
+
+    Instead of ``objective``, ``updates`` may give several updates that take
+    turns on every mini-batch, each with its own optimizer (mutual learning);
+    ``trainable`` is then everything they change."""
 
     name: str
     optim: OptimConfig
     trainable: Sequence[nn.Module]
-    objective: Objective
+    objective: Optional[Objective] = None
     description: str = ""
     trained_layers: Sequence[str] = field(default_factory=tuple)
     backward: Optional[Backward] = None
+    updates: Sequence[Update] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if (self.objective is None) == (not self.updates):
+            raise UsageError(f"phase {self.name!r}: expected either an objective or updates")
+        if self.objective is not None:
+            self.updates = (Update(self.trainable, self.objective, self.backward),)
 
 
-def _set_trainable(model: nn.Module, phase: Phase) -> list[nn.Parameter]:
-    for p in model.parameters():
-        p.requires_grad_(False)
-    params: list[nn.Parameter] = []
+class EpochReport(Protocol):
+    """How a run measures an epoch's history row and sums it up for the progress line."""
+
+    def measure(self, epoch: int, phase: Optional[Phase], objectives: Optional[list[float]],
+                seconds: float) -> dict:
+        """The row of ``epoch`` (0 and ``phase`` None: the initialisation); ``objectives``
+        are the mean losses of the phase's updates over the epoch's batches."""
+
+    def summary(self, row: dict) -> str:
+        """A few of the row's numbers, for one line of progress."""
+
+
+@dataclass
+class ModelReport:
+    """The row of a model: the phase's objective (summed over its updates) and
+    the accuracy and loss on the training and test sets."""
+
+    model: nn.Module
+    train_set: Dataset
+    test_set: Dataset
+    device: torch.device
+
+    def measure(self, epoch: int, phase: Optional[Phase], objectives: Optional[list[float]],
+                seconds: float) -> dict:
+        train_metrics = evaluate(self.model, self.train_set, self.device)
+        test_metrics = evaluate(self.model, self.test_set, self.device)
+        return {
+            "epoch": epoch,
+            "phase": phase.name if phase else "init",
+            "objective": None if objectives is None else sum(objectives),
+            "train_accuracy": train_metrics["accuracy"],
+            "train_loss": train_metrics["loss"],
+            "test_accuracy": test_metrics["accuracy"],
+            "test_loss": test_metrics["loss"],
+            "seconds": seconds,
+        }
+
+    def summary(self, row: dict) -> str:
+        return (f"objective {row['objective']:.4f} train acc {row['train_accuracy']:.3f} "
+                f"test acc {row['test_accuracy']:.3f}")
+
+
+class NonFiniteLoss(TrainingDiverged):
+    """An update's loss is not finite; its optimizer has not stepped."""
+
+    def __init__(self, loss_name: str, value: float) -> None:
+        self.problem = f"{loss_name} is {value}"
+        super().__init__(f"{self.problem}, expected finite")
+
+
+def _parameters(modules: Sequence[nn.Module]) -> list[nn.Parameter]:
+    """The parameters of ``modules``, each once, in order."""
     seen: set[int] = set()
-    for module in phase.trainable:
+    params: list[nn.Parameter] = []
+    for module in modules:
         for p in module.parameters():
             if id(p) not in seen:
                 seen.add(id(p))
-                p.requires_grad_(True)
                 params.append(p)
+    return params
+
+
+def _set_trainable(model: nn.Module, trainable: Sequence[nn.Module]) -> list[nn.Parameter]:
+    """Only the parameters of ``trainable`` require gradients; returns them."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = _parameters(trainable)
+    for p in params:
+        p.requires_grad_(True)
     return params
 
 
@@ -108,8 +197,44 @@ def diverged(role: str, where: str, problem: str, last_good: int, lr: float) -> 
     )
 
 
+def run_updates(model: nn.Module, updates: Sequence[Update], optimizers: Sequence[torch.optim.Optimizer],
+                images: Tensor, labels: Tensor) -> list[float]:
+    """One mini-batch: each update in turn computes its loss, back-propagates it
+    into its own parameters and steps its optimizer; returns the losses. A loss
+    that is not finite raises :class:`NonFiniteLoss` before its step."""
+    values = []
+    for update, optimizer in zip(updates, optimizers):
+        params = _set_trainable(model, update.trainable)
+        output = update.objective(images, labels)
+        optimizer.zero_grad(set_to_none=True)
+        if update.backward is None:
+            loss = output
+            loss.backward()
+        else:
+            loss = update.backward(output, params)
+        value = loss.item()
+        if not math.isfinite(value):  # before the step, which would spread it to the weights
+            raise NonFiniteLoss(update.loss_name, value)
+        optimizer.step()
+        values.append(value)
+    return values
+
+
 def _cpu_state(module: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+def _save_states(items: Sequence[Any]) -> Any:
+    """A checkpoint's optimizer (scheduler) entry: the state of a phase's one
+    update, or a list of one per update."""
+    states = [item.state_dict() for item in items]
+    return states[0] if len(states) == 1 else states
+
+
+def _load_states(items: Sequence[Any], saved: Any) -> None:
+    """Restore what :func:`_save_states` saved."""
+    for item, state in zip(items, [saved] if len(items) == 1 else saved):
+        item.load_state_dict(state)
 
 
 def train_phases(
@@ -125,6 +250,8 @@ def train_phases(
     progress: bool = True,
     on_epoch_end: Optional[Callable[[int], None]] = None,
     extra_modules: Optional[dict[str, nn.Module]] = None,
+    report: Optional[EpochReport] = None,
+    notes: Optional[Mapping[str, Any]] = None,
 ) -> list[dict]:
     """Train (or resume) ``model`` through ``phases``; returns the history rows.
 
@@ -132,9 +259,12 @@ def train_phases(
     model. ``on_epoch_end(epoch)`` runs after each epoch's checkpoint is on
     disk; raising from it stops training there, as a kill would. A loss, weight
     or buffer that is not finite raises :class:`TrainingDiverged` before the
-    epoch's checkpoint is written.
+    epoch's checkpoint is written. ``report`` measures the history rows
+    (default: :class:`ModelReport`); ``notes`` (plain values, e.g. the mutual
+    mode) are written into every checkpoint under their own keys.
     """
     extra_modules = extra_modules or {}
+    report = report or ModelReport(model, train_set, test_set, device)
     if len(train_set) == 0:
         raise UsageError(f"the training set of {role} has no samples; expected at least one")
     model.to(device)
@@ -143,8 +273,9 @@ def train_phases(
     store.remove_partial_files()
     total = sum(p.optim.epochs for p in phases)
 
-    def snapshot(epoch: int, phase: Optional[Phase], phase_epoch: int, optimizer, scheduler, history) -> None:
+    def snapshot(epoch: int, phase: Optional[Phase], phase_epoch: int, optimizers, schedulers, history) -> None:
         state = {
+            **(notes or {}),
             "epoch": epoch,
             "role": role,
             "phase": phase.name if phase else "init",
@@ -152,8 +283,8 @@ def train_phases(
             "trained_layers": list(phase.trained_layers) if phase else [],
             "model": _cpu_state(model),
             "extra": {name: _cpu_state(m) for name, m in extra_modules.items()},
-            "optimizer": optimizer.state_dict() if optimizer else None,
-            "scheduler": scheduler.state_dict() if scheduler else None,
+            "optimizer": _save_states(optimizers) if optimizers else None,
+            "scheduler": _save_states(schedulers) if schedulers else None,
             "metrics": history[-1],
             "history": history,
             "kdlens_version": __version__,
@@ -161,23 +292,9 @@ def train_phases(
         store.save(epoch, state)
         store.write_history(history)
 
-    def measure(epoch: int, phase: Optional[Phase], objective: Optional[float], seconds: float) -> dict:
-        train_metrics = evaluate(model, train_set, device)
-        test_metrics = evaluate(model, test_set, device)
-        return {
-            "epoch": epoch,
-            "phase": phase.name if phase else "init",
-            "objective": objective,
-            "train_accuracy": train_metrics["accuracy"],
-            "train_loss": train_metrics["loss"],
-            "test_accuracy": test_metrics["accuracy"],
-            "test_loss": test_metrics["loss"],
-            "seconds": seconds,
-        }
-
     start = store.latest()
     if start is None:
-        history = [measure(0, None, None, 0.0)]
+        history = [report.measure(0, None, None, 0.0)]
         snapshot(0, None, 0, None, None, history)
         start, resumed = 0, None
     else:
@@ -205,12 +322,12 @@ def train_phases(
             offset = last
             if last <= start:
                 continue
-            params = _set_trainable(model, phase)
+            built = [build_optimizer(phase.optim, _set_trainable(model, u.trainable)) for u in phase.updates]
+            optimizers, schedulers = [b[0] for b in built], [b[1] for b in built]
             watched = _changing_tensors({"model": model, **extra_modules}, phase)
-            optimizer, scheduler = build_optimizer(phase.optim, params)
             if resumed is not None and start >= first:
-                optimizer.load_state_dict(resumed["optimizer"])
-                scheduler.load_state_dict(resumed["scheduler"])
+                _load_states(optimizers, resumed["optimizer"])
+                _load_states(schedulers, resumed["scheduler"])
             for epoch in range(max(first, start + 1), last + 1):
                 began = time.perf_counter()
                 generator = seed_everything(derive_seed(seed, role, epoch))
@@ -221,42 +338,31 @@ def train_phases(
                     train_set, batch_size=batch_size, shuffle=True, generator=generator, drop_last=drop_last
                 )
                 _set_modes(model, phase)
-                loss_sum, batches = 0.0, 0
+                sums, batches = [0.0] * len(phase.updates), 0
                 inner = tqdm(loader, desc=f"{role} {phase.name} epoch {epoch}/{total}", leave=False,
                              disable=not show, dynamic_ncols=True)
                 for images, labels, _ in inner:
-                    images, labels = images.to(device), labels.to(device)
-                    output = phase.objective(images, labels)
-                    optimizer.zero_grad(set_to_none=True)
-                    if phase.backward is None:
-                        loss = output
-                        loss.backward()
-                    else:
-                        loss = phase.backward(output, params)
-                    value = loss.item()
-                    if not math.isfinite(value):  # before the step, which would spread it to the weights
+                    try:
+                        values = run_updates(model, phase.updates, optimizers, images.to(device), labels.to(device))
+                    except NonFiniteLoss as error:
                         raise diverged(role, f"epoch {epoch} ({phase.name} phase, batch {batches + 1})",
-                                       f"the objective is {value}", epoch - 1, phase.optim.lr)
-                    optimizer.step()
-                    loss_sum += value
+                                       error.problem, epoch - 1, phase.optim.lr) from None
+                    sums = [s + v for s, v in zip(sums, values)]
                     batches += 1
-                    inner.set_postfix(loss=f"{value:.4f}")
+                    inner.set_postfix(loss=" ".join(f"{v:.4f}" for v in values))
                 broken = first_non_finite(watched)
                 if broken is not None:  # e.g. a finite loss whose gradient overflowed
                     raise diverged(role, f"epoch {epoch} ({phase.name} phase)", f"{broken} is not finite after the "
                                    "epoch's updates", epoch - 1, phase.optim.lr)
-                scheduler.step()
-                row = measure(epoch, phase, loss_sum / max(batches, 1), time.perf_counter() - began)
+                for scheduler in schedulers:
+                    scheduler.step()
+                row = report.measure(epoch, phase, [s / max(batches, 1) for s in sums], time.perf_counter() - began)
                 history.append(row)
-                snapshot(epoch, phase, epoch - first + 1, optimizer, scheduler, history)
+                snapshot(epoch, phase, epoch - first + 1, optimizers, schedulers, history)
                 bar.update(1)
-                message = (
-                    f"[{role}] epoch {epoch}/{total} {phase.name}: objective {row['objective']:.4f} "
-                    f"train acc {row['train_accuracy']:.3f} test acc {row['test_accuracy']:.3f} "
-                    f"({row['seconds']:.1f}s)"
-                )
                 if progress:
-                    tqdm.write(message, file=sys.stderr)
+                    tqdm.write(f"[{role}] epoch {epoch}/{total} {phase.name}: {report.summary(row)} "
+                               f"({row['seconds']:.1f}s)", file=sys.stderr)
                 if on_epoch_end is not None:
                     on_epoch_end(epoch)
     finally:

@@ -14,10 +14,12 @@ predictions, (d) update network 2 on L_2. Network k's side is the network, its
 own auto-encoder (which makes the factors the *other* network inherits from)
 and the encoders of its inheritance and exploration parts.
 
-A loss that is not finite stops the run with
+The four steps are one phase of two updates (one per side) of the one
+training loop, ``kdlens.train.loop``, which seeds, checkpoints and resumes a
+pair as any other model. A loss that is not finite stops the run with
 :class:`~kdlens.errors.TrainingDiverged` before that network's step, and
 weights that are not finite stop it before the epoch's checkpoint, so the last
-good checkpoint stays the latest (as in ``kdlens.train.loop``).
+good checkpoint stays the latest.
 
 Choices of ours, where the paper is silent: while one side is updated the
 other side's predictions are computed as DML computes them, in train mode
@@ -34,28 +36,24 @@ the backbone towards easily reconstructed features.
 from __future__ import annotations
 
 import math
-import sys
-import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from torch.utils.data import Dataset
 
-from kdlens import __version__
 from kdlens.config import OptimConfig
 from kdlens.distill.base import as_map
 from kdlens.distill.methods.ie_kd import IEFactorTransfer
-from kdlens.errors import TrainingDiverged, UsageError
+from kdlens.errors import UsageError
 from kdlens.models import NamedLayerModel
 from kdlens.seeding import derive_seed, seed_everything
-from kdlens.store import CheckpointStore, load_weights
+from kdlens.store import CheckpointStore
 from kdlens.train.evaluate import evaluate
-from kdlens.train.loop import diverged, first_non_finite
-from kdlens.train.optim import build_optimizer
+from kdlens.train.loop import Phase, Update, run_updates, train_phases
+from kdlens.train.loop import _parameters  # noqa: F401  (a side's parameters, once each)
 
 MUTUAL_MODES = ("dml", "ie_dml")
 
@@ -141,38 +139,52 @@ class MutualPair(nn.Module):
         return task + self.options.lambda_rec * reconstruction + transfer, terms
 
 
-def _parameters(modules: list[nn.Module]) -> list[nn.Parameter]:
-    seen, params = set(), []
-    for module in modules:
-        for p in module.parameters():
-            if id(p) not in seen:
-                seen.add(id(p))
-                params.append(p)
-    return params
+def _updates(pair: MutualPair) -> list[Update]:
+    """Steps (a)-(b) and (c)-(d): each computes fresh predictions of both networks
+    and updates one side on its loss."""
+    def update(k: int) -> Update:
+        def objective(images: Tensor, labels: Tensor) -> Tensor:
+            return pair.loss(k, images, labels)[0]
+
+        return Update(pair.side(k), objective, loss_name=f"the loss L_{k + 1} of net{k + 1}")
+
+    return [update(0), update(1)]
 
 
-class NonFiniteLoss(TrainingDiverged):
-    """L_k of a mutual step is not finite; ``network`` is 1 or 2, no step was taken for it."""
-
-    def __init__(self, network: int, value: float) -> None:
-        super().__init__(f"the loss L_{network} of net{network} is {value}, expected finite")
-        self.network, self.value = network, value
+def mutual_phase(pair: MutualPair, optim: OptimConfig) -> Phase:
+    """The whole of mutual training as one phase of the loop, named after the mode."""
+    return Phase(pair.mode, optim, [pair], updates=_updates(pair))
 
 
-def mutual_step(pair: MutualPair, optimizers, images: Tensor, labels: Tensor) -> list[float]:
-    """Steps (a)-(d) on one mini-batch; returns L_1 and L_2. A loss that is not
-    finite raises :class:`NonFiniteLoss` before its network's step."""
-    values = []
-    for k in (0, 1):
-        loss, _ = pair.loss(k, images, labels)  # (a) / (c): fresh predictions of both
-        optimizers[k].zero_grad(set_to_none=True)
-        loss.backward()
-        value = loss.item()
-        if not math.isfinite(value):
-            raise NonFiniteLoss(k + 1, value)
-        optimizers[k].step()                   # (b) / (d)
-        values.append(value)
-    return values
+def mutual_step(pair: MutualPair, optimizers: Sequence[torch.optim.Optimizer], images: Tensor,
+                labels: Tensor) -> list[float]:
+    """Steps (a)-(d) on one mini-batch, as the loop runs them; returns L_1 and L_2.
+    A loss that is not finite raises :class:`~kdlens.train.loop.NonFiniteLoss`
+    before its network's step."""
+    return run_updates(pair, _updates(pair), optimizers, images, labels)
+
+
+@dataclass
+class PairReport:
+    """A mutual run's history row: each network's mean L_k over the epoch and its
+    accuracy and loss on the test set."""
+
+    pair: MutualPair
+    test_set: Dataset
+    device: torch.device
+
+    def measure(self, epoch: int, phase: Optional[Phase], objectives: Optional[list[float]],
+                seconds: float) -> dict:
+        row: dict = {"epoch": epoch, "seconds": seconds}
+        for k in (0, 1):
+            metrics = evaluate(self.pair.nets[k], self.test_set, self.device)
+            row[f"net{k + 1}_objective"] = objectives[k] if objectives else None
+            row[f"net{k + 1}_test_accuracy"] = metrics["accuracy"]
+            row[f"net{k + 1}_test_loss"] = metrics["loss"]
+        return row
+
+    def summary(self, row: dict) -> str:
+        return f"test acc net1 {row['net1_test_accuracy']:.3f} net2 {row['net2_test_accuracy']:.3f}"
 
 
 def train_mutually(
@@ -188,83 +200,10 @@ def train_mutually(
     progress: bool = True,
     on_epoch_end: Optional[Callable[[int], None]] = None,
 ) -> list[dict]:
-    """Train (or resume) both networks; a checkpoint per epoch holds the pair,
-    both optimizers and schedules. Returns the history rows."""
+    """Train (or resume) both networks; a checkpoint per epoch holds the pair
+    (as its model), the mode, both optimizers and schedules. Returns the history rows."""
     seed_everything(derive_seed(seed, role, "setup"))
     pair.setup(torch.stack([train_set[i].image for i in range(min(2, len(train_set)))]))
-    pair.to(device)
-    store.remove_partial_files()
-    built = [build_optimizer(optim, _parameters(pair.side(k))) for k in (0, 1)]
-    optimizers, schedulers = [b[0] for b in built], [b[1] for b in built]
-
-    def measure(epoch: int, objectives: Optional[list[float]], seconds: float) -> dict:
-        row: dict = {"epoch": epoch, "seconds": seconds}
-        for k in (0, 1):
-            metrics = evaluate(pair.nets[k], test_set, device)
-            row[f"net{k + 1}_objective"] = objectives[k] if objectives else None
-            row[f"net{k + 1}_test_accuracy"] = metrics["accuracy"]
-            row[f"net{k + 1}_test_loss"] = metrics["loss"]
-        return row
-
-    def snapshot(epoch: int, history: list[dict]) -> None:
-        store.save(epoch, {
-            "epoch": epoch, "role": role, "mode": pair.mode,
-            "pair": {k: v.detach().cpu().clone() for k, v in pair.state_dict().items()},
-            "optimizers": [o.state_dict() for o in optimizers],
-            "schedulers": [s.state_dict() for s in schedulers],
-            "metrics": history[-1], "history": history, "kdlens_version": __version__,
-        })
-        store.write_history(history)
-
-    start = store.latest()
-    if start is None:
-        history, start = [measure(0, None, 0.0)], 0
-        snapshot(0, history)
-    else:
-        if start > optim.epochs:
-            raise UsageError(f"{store.directory} has a checkpoint at epoch {start} but the config trains "
-                             f"{optim.epochs} epochs; expected a run made by this config")
-        state = store.load(start, map_location=device, required=("pair", "optimizers", "schedulers", "history"))
-        load_weights(pair, state["pair"], source=f"checkpoint {str(store.path(start))!r}", model_name="the mutual pair")
-        for k in (0, 1):
-            optimizers[k].load_state_dict(state["optimizers"][k])
-            schedulers[k].load_state_dict(state["schedulers"][k])
-        history = list(state["history"])
-
-    show = progress and sys.stderr.isatty()
-    watched = [(f"pair.{name}", t) for name, t in (*pair.named_parameters(), *pair.named_buffers())
-               if t.is_floating_point()]
-    for epoch in range(start + 1, optim.epochs + 1):
-        began = time.perf_counter()
-        generator = seed_everything(derive_seed(seed, role, epoch))
-        loader = DataLoader(train_set, batch_size=optim.batch_size, shuffle=True, generator=generator,
-                            drop_last=len(train_set) % optim.batch_size == 1)
-        sums = [0.0, 0.0]
-        batches = 0
-        for images, labels, _ in tqdm(loader, desc=f"{role} epoch {epoch}/{optim.epochs}", leave=False,
-                                      disable=not show, dynamic_ncols=True):
-            try:
-                values = mutual_step(pair, optimizers, images.to(device), labels.to(device))
-            except NonFiniteLoss as error:
-                raise diverged(role, f"epoch {epoch} ({pair.mode}, batch {batches + 1})",
-                               f"the loss L_{error.network} of net{error.network} is {error.value}", epoch - 1,
-                               optim.lr) from None
-            sums = [s + v for s, v in zip(sums, values)]
-            batches += 1
-        broken = first_non_finite(watched)
-        if broken is not None:
-            raise diverged(role, f"epoch {epoch} ({pair.mode})", f"{broken} is not finite after the epoch's updates",
-                           epoch - 1, optim.lr)
-        for scheduler in schedulers:
-            scheduler.step()
-        pair.eval()
-        row = measure(epoch, [s / max(batches, 1) for s in sums], time.perf_counter() - began)
-        history.append(row)
-        snapshot(epoch, history)
-        if progress:
-            tqdm.write(f"[{role}] epoch {epoch}/{optim.epochs}: test acc net1 {row['net1_test_accuracy']:.3f} "
-                       f"net2 {row['net2_test_accuracy']:.3f} ({row['seconds']:.1f}s)", file=sys.stderr)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch)
-    pair.eval()
-    return history
+    return train_phases(pair, [mutual_phase(pair, optim)], train_set, test_set, store, seed=seed, role=role,
+                        device=device, progress=progress, on_epoch_end=on_epoch_end,
+                        report=PairReport(pair, test_set, device), notes={"mode": pair.mode})

@@ -1,0 +1,70 @@
+"""The one training loop: a phase of one update or of several, each with its own optimizer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from kdlens.config import OptimConfig
+from kdlens.data.base import Sample
+from kdlens.errors import UsageError
+from kdlens.store import CheckpointStore
+from kdlens.train.loop import Phase, Update, train_phases
+
+CPU = torch.device("cpu")
+
+
+class TinySet(Dataset):
+    def __init__(self, n: int = 24, seed: int = 0) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        self.images = torch.randn(n, 3, 4, 4, generator=generator)
+        self.labels = torch.randint(0, 3, (n,), generator=generator)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> Sample:
+        return Sample(self.images[index], int(self.labels[index]), torch.ones(4, 4, dtype=torch.bool))
+
+
+def two_layers() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(48, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def test_a_phase_takes_an_objective_or_updates_not_both_nor_neither():
+    model = two_layers()
+    optim = OptimConfig(epochs=1)
+
+    def objective(images, labels):
+        return F.cross_entropy(model(images), labels)
+
+    assert len(Phase("train", optim, [model], objective).updates) == 1
+    with pytest.raises(UsageError, match="phase 'train'"):
+        Phase("train", optim, [model])
+    with pytest.raises(UsageError, match="phase 'train'"):
+        Phase("train", optim, [model], objective, updates=[Update([model], objective)])
+
+
+def test_each_update_steps_only_its_own_modules_with_its_own_optimizer(tmp_path):
+    model = two_layers()
+    seen = []
+
+    def objective(images, labels):
+        seen.append([p.requires_grad for p in model.parameters()])
+        return F.cross_entropy(model(images), labels)
+
+    phase = Phase("alternate", OptimConfig(epochs=2, batch_size=12, lr=0.1), [model],
+                  updates=[Update([model[1]], objective), Update([model[3]], objective, loss_name="the second")])
+    store = CheckpointStore(tmp_path / "run")
+    history = train_phases(model, [phase], TinySet(), TinySet(6, seed=1), store, seed=0, role="net",
+                           device=CPU, progress=False)
+    assert seen[:2] == [[True, True, False, False], [False, False, True, True]]
+    assert len(seen) == 2 * 2 * 2  # 2 updates x 2 batches x 2 epochs
+    state = store.load(2)
+    assert len(state["optimizer"]) == 2 and len(state["scheduler"]) == 2
+    assert history[-1]["phase"] == "alternate" and history[-1]["objective"] > 0
+    assert all(p.requires_grad for p in model.parameters())
