@@ -238,12 +238,14 @@ class ModelConfig(Strict):
 
 
 class OptimConfig(Strict):
-    """SGD with a learning-rate schedule (the paper trains with SGD, batch 64)."""
+    """SGD (the paper trains with SGD, batch 64) or Adam (PointNet's reference
+    recipe), with a learning-rate schedule."""
 
     epochs: int = Field(10, ge=0)
     batch_size: int = Field(64, ge=1)
+    optimizer: Literal["sgd", "adam"] = "sgd"
     lr: float = Field(0.05, gt=0.0)
-    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD's momentum (Adam keeps its betas 0.9, 0.999)")
     weight_decay: float = Field(5e-4, ge=0.0)
     schedule: Literal["cosine", "step", "constant"] = "cosine"
     step_size: int = Field(10, ge=1, description="epochs between decays for schedule=step")

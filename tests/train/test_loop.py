@@ -68,3 +68,40 @@ def test_each_update_steps_only_its_own_modules_with_its_own_optimizer(tmp_path)
     assert len(state["optimizer"]) == 2 and len(state["scheduler"]) == 2
     assert history[-1]["phase"] == "alternate" and history[-1]["objective"] > 0
     assert all(p.requires_grad for p in model.parameters())
+
+
+class Stop(Exception):
+    pass
+
+
+def test_adam_trains_when_asked_and_an_interrupted_run_resumes_to_the_same_weights(tmp_path):
+    """``optimizer: adam`` trains with Adam; its moments are checkpointed, so an
+    interrupted run ends with the weights of an uninterrupted one."""
+    from kdlens.train.optim import build_optimizer
+
+    assert isinstance(build_optimizer(OptimConfig(optimizer="adam"), two_layers().parameters())[0], torch.optim.Adam)
+    assert isinstance(build_optimizer(OptimConfig(), two_layers().parameters())[0], torch.optim.SGD)
+    optim = OptimConfig(epochs=3, batch_size=8, optimizer="adam", lr=0.01)
+
+    def run(directory, on_epoch_end=None):
+        model = two_layers()
+        phase = Phase("train", optim, [model], lambda images, labels: F.cross_entropy(model(images), labels))
+        train_phases(model, [phase], TinySet(), TinySet(seed=1), CheckpointStore(tmp_path / directory), seed=0,
+                     role="adam", device=CPU, progress=False, on_epoch_end=on_epoch_end)
+        return model
+
+    whole = run("whole")
+
+    def stop_after_1(epoch):
+        if epoch == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run("cut", stop_after_1)
+    resumed = run("cut")
+    start = two_layers()
+    for (name, a), b, c in zip(whole.state_dict().items(), resumed.state_dict().values(), start.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert any(not torch.equal(a, c) for a, c in zip(whole.state_dict().values(), start.state_dict().values()))
+    state = CheckpointStore(tmp_path / "cut").load(3)
+    assert "exp_avg" in str(state["optimizer"]["state"][0].keys())

@@ -1,4 +1,4 @@
-"""SGD and its learning-rate schedule, from an :class:`OptimConfig`."""
+"""The optimizer (SGD or Adam) and its learning-rate schedule, from an :class:`OptimConfig`."""
 
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ def build_optimizer(
     params = [p for p in parameters if p.requires_grad]
     if not params:
         raise ValueError("nothing to train: the phase has no trainable parameters")
-    optimizer = torch.optim.SGD(
-        params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-    )
+    if config.optimizer == "adam":
+        optimizer: torch.optim.Optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     if config.schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config.epochs))
     elif config.schedule == "step":
