@@ -39,30 +39,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_datasets(config: ExperimentConfig) -> tuple[Dataset, Dataset]:
-    """(full training set, test set) for the configured data."""
+    """(full training set, test set) for the configured data; each data section
+    of the config names its dataset's arguments (``dataset_options``)."""
     data = config.data
-    if data.name == "synthetic":
-        common = dict(
-            image_size=data.image_size, num_classes=data.num_classes, seed=config.seed,
-            distractors=data.distractors, spurious_strength=data.spurious_strength, noise=data.noise,
-            object_size=tuple(data.object_size), cue=data.cue,
-        )
-        sizes = {"train": data.train_size, "test": data.test_size}
-        return tuple(DATASETS.build("synthetic", split=s, num_samples=sizes[s], **common) for s in ("train", "test"))
-    if data.name == "point_shapes":
-        common = dict(num_points=data.num_points, num_classes=data.num_classes, seed=config.seed, noise=data.noise,
-                      background_points=data.background_points, background_clouds=data.background_clouds,
-                      cue=data.cue)
-        sizes = {"train": data.train_size, "test": data.test_size}
-        return tuple(DATASETS.build("point_shapes", split=s, num_samples=sizes[s], **common) for s in ("train", "test"))
-    if data.name == "modelnet40":
-        common = dict(root=data.path, num_points=data.num_points, seed=config.seed, layout=data.layout,
-                      background_points=data.background_points, background_clouds=data.background_clouds)
-        return tuple(DATASETS.build("modelnet40", split=s, **common) for s in ("train", "test"))
-    common = dict(root=data.path, image_size=data.image_size)
-    if data.name == "cub":
-        common.update(mask_source=data.mask_source, bbox_crop=data.bbox_crop)
-    return tuple(DATASETS.build(data.name, split=s, **common) for s in ("train", "test"))
+    return tuple(DATASETS.build(data.name, split=split, **data.dataset_options(split, config.seed))
+                 for split in ("train", "test"))
 
 
 def student_split(config: ExperimentConfig, full_train: Dataset, fraction: Optional[float] = None) -> Dataset:

@@ -132,6 +132,10 @@ class DataCommon(Strict):
     )
     num_workers: int = Field(0, ge=0)
 
+    def dataset_options(self, split: str, seed: int) -> dict[str, Any]:
+        """The keyword arguments of this section's dataset (``DATASETS[name]``) for ``split``."""
+        raise NotImplementedError
+
 
 class SyntheticData(DataCommon):
     name: Literal["synthetic"] = "synthetic"
@@ -157,6 +161,12 @@ class SyntheticData(DataCommon):
             raise ValueError("expected [low, high] with 0 < low <= high <= 1")
         return size
 
+    def dataset_options(self, split: str, seed: int) -> dict[str, Any]:
+        return dict(num_samples=self.train_size if split == "train" else self.test_size, image_size=self.image_size,
+                    num_classes=self.num_classes, seed=seed, distractors=self.distractors,
+                    spurious_strength=self.spurious_strength, noise=self.noise, object_size=tuple(self.object_size),
+                    cue=self.cue)
+
     @model_validator(mode="after")
     def _cue_alone(self) -> "SyntheticData":
         if self.cue == "background" and self.spurious_strength != 0:
@@ -173,11 +183,17 @@ class _RealData(DataCommon):
 
     _root = field_validator("path")(classmethod(lambda cls, path: dataset_root(path)))
 
+    def dataset_options(self, split: str, seed: int) -> dict[str, Any]:
+        return dict(root=self.path, image_size=self.image_size)
+
 
 class CubData(_RealData):
     name: Literal["cub"]
     mask_source: Literal["auto", "segmentation", "bbox"] = "auto"
     bbox_crop: Optional[float] = Field(None, gt=0.0)
+
+    def dataset_options(self, split: str, seed: int) -> dict[str, Any]:
+        return {**super().dataset_options(split, seed), "mask_source": self.mask_source, "bbox_crop": self.bbox_crop}
 
 
 class FolderData(_RealData):
@@ -194,6 +210,10 @@ class _PointData(DataCommon):
     background_points: int = Field(500, ge=0, description="background points attached (the paper: 500)")
     background_clouds: int = Field(5, ge=1, description="clouds of other classes they come from (the paper: 5)")
 
+    def dataset_options(self, split: str, seed: int) -> dict[str, Any]:
+        return dict(num_points=self.num_points, seed=seed, background_points=self.background_points,
+                    background_clouds=self.background_clouds)
+
 
 class PointShapesData(_PointData):
     name: Literal["point_shapes"]
@@ -205,6 +225,10 @@ class PointShapesData(_PointData):
         "object", description="object: the label is the object's shape; background: the background clouds' "
         "shape, with an object of a random class")
 
+    def dataset_options(self, split: str, seed: int) -> dict[str, Any]:
+        return {**super().dataset_options(split, seed), "num_classes": self.num_classes, "noise": self.noise,
+                "cue": self.cue, "num_samples": self.train_size if split == "train" else self.test_size}
+
 
 class ModelNetData(_PointData):
     name: Literal["modelnet40"]
@@ -213,6 +237,9 @@ class ModelNetData(_PointData):
     layout: Literal["auto", "hdf5", "off"] = "auto"
 
     _root = field_validator("path")(classmethod(lambda cls, path: dataset_root(path)))
+
+    def dataset_options(self, split: str, seed: int) -> dict[str, Any]:
+        return {**super().dataset_options(split, seed), "root": self.path, "layout": self.layout}
 
 
 DataConfig = Annotated[Union[SyntheticData, CubData, FolderData, PointShapesData, ModelNetData],
