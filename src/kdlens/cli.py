@@ -117,9 +117,10 @@ def _validate(args: argparse.Namespace) -> int:
     from kdlens.validate import format_report, run_validation
 
     began = time.perf_counter()
-    summary = run_validation(output_directory(args.out), quick=args.quick, progress=not args.quiet)
+    summary = run_validation(output_directory(args.out), quick=args.quick, progress=not args.quiet,
+                             modality=args.modality)
     print(f"validate finished in {time.perf_counter() - began:.0f}s"
-          + (" (quick)" if args.quick else ""))
+          + (" (quick)" if args.quick else "") + (" on point clouds" if args.modality == "points" else ""))
     print(format_report(summary))
     for name, path in summary["files"].items():
         print(f"  {name:8s} {path}")
@@ -156,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="H_bar per sample (the paper's text, default) or over the analysed samples (the authors' code)")
     analyze.add_argument("--entropy-weight", type=float, default=None,
                          help="paper estimator: lambda of its entropy term (default: the authors' 7 for VGG and "
-                              "AlexNet, 6 for ResNet; they give none for point-cloud models)")
+                              "AlexNet, 6 for ResNet; 7 for point-cloud models, whose lambda they did not publish)")
     analyze.add_argument("--steps", type=int, default=300,
                          help="converged estimator: optimisation steps from a cold start (default 300)")
     analyze.add_argument("--quiet", action="store_true", help="no progress output")
@@ -184,7 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser(
         "validate", help="check the knowledge-point measurement on planted knowledge (object vs background cue)")
     validate.add_argument("--out", required=True, help="output directory; trained networks in it are reused")
-    validate.add_argument("--quick", action="store_true", help="a smaller version (about a minute on 2 cores)")
+    validate.add_argument("--modality", choices=["image", "points"], default="image",
+                          help="images (a VGG-11 on synthetic shapes, default) or point clouds (a PointNet on "
+                               "synthetic point clouds, the background clouds' family as the planted cue)")
+    validate.add_argument("--quick", action="store_true",
+                          help="a smaller version (on 2 cores about a minute for images, three for point clouds)")
     validate.add_argument("--quiet", action="store_true", help="no progress output")
     validate.set_defaults(handler=_validate)
     return parser
