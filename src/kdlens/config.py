@@ -344,6 +344,10 @@ class AnalysisConfig(Strict):
     )
     samples: int = Field(16, ge=1)
     grid: int = Field(16, ge=1)
+    max_epochs: Optional[int] = Field(
+        None, ge=2, description="measure at most this many checkpoints per model, evenly spaced (the first and the "
+        "last included); D_mean, D_var and rho are then over those only. Default: every checkpoint"
+    )
     paper_final_only: bool = Field(
         False, description="measure the paper estimator at the last checkpoint of each model only (it costs 4-6x more)"
     )

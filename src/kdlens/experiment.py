@@ -43,9 +43,9 @@ QUICK_CHANGES = {
                  "student_fraction": 0.25},
         "model": {"width": 0.125},
         "teacher": {"epochs": 3},
-        "baseline": {"epochs": 3},
+        "baseline": {"epochs": 4},
         "student": {"distill": {"epochs": 2}, "classify": {"epochs": 2}},
-        "analysis": {"samples": 4},
+        "analysis": {"samples": 4, "max_epochs": 3},
     },
 }
 TITLES = {"image": "VGG-11 on synthetic shapes", "points": "PointNet on synthetic point clouds"}
@@ -100,6 +100,7 @@ def run_experiment(
     out = Path(out)
     plan = config.analysis
     layers = layers or plan.layers or [config.student.layer]
+    max_epochs = max_epochs if max_epochs is not None else plan.max_epochs
     # An estimator without defaults for these models (the paper's recipe on
     # point clouds) fails here, not after training.
     for estimator in plan.estimators:

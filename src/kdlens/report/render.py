@@ -155,6 +155,9 @@ def _what_was_run(data: Mapping, norm: Mapping) -> str:
         text += (f" Knowledge points were measured with {len(estimators)} estimator"
                  f"{'s' if len(estimators) > 1 else ''}: {estimators[0]} (primary)"
                  + "".join(f", {e}" for e in estimators[1:]) + ".")
+    if settings.get("max_epochs") is not None:
+        text += (f" At most {settings['max_epochs']} evenly spaced checkpoints a model were measured, so D_mean, "
+                 "D_var and rho are over those, not over every epoch.")
     if settings:
         text += " Settings: " + "; ".join(f"{k} = {_value(k, v)}" for k, v in settings.items()) + "."
     if timing:
