@@ -41,9 +41,13 @@ def test_quick_demo_writes_the_whole_report(tmp_path):
 @pytest.mark.slow
 def test_quick_point_cloud_demo_writes_the_whole_report(tmp_path):
     files = run_demo(tmp_path, quick=True, progress=False, modality="points")
-    for name in ("report.md", "report.html", "metrics.json", "figures/maps_fc1_converged.png"):
+    for name in ("report.md", "report.html", "metrics.json", "figures/maps_fc1_converged.png",
+                 "figures/maps_fc2_converged.png"):
         assert (tmp_path / name).is_file() and name in files
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    models = metrics["layers"]["fc1"]["converged"]
-    assert {"teacher", "student", "baseline", "random"} <= set(models)
-    assert "PointNet" in (tmp_path / "report.md").read_text()
+    for layer in ("fc1", "fc2"):  # the analysis at fc1 and fc2 (issue 13)
+        models = metrics["layers"][layer]["converged"]
+        assert {"teacher", "student", "baseline", "random"} <= set(models)
+        assert len(models["baseline"]["epochs"]) == 3  # analysis.max_epochs of the quick demo
+    report = (tmp_path / "report.md").read_text()
+    assert "PointNet" in report and "At most 3 evenly spaced checkpoints" in report

@@ -39,7 +39,7 @@ QUICK_CHANGES = {
         "analysis": {"samples": 4, "grid": 8},
     },
     "points": {
-        "data": {"num_classes": 4, "train_size": 400, "test_size": 100, "num_points": 64, "background_points": 64,
+        "data": {"num_classes": 4, "train_size": 400, "test_size": 100, "num_points": 64, "background_points": 31,
                  "student_fraction": 0.25},
         "model": {"width": 0.125},
         "teacher": {"epochs": 3},
