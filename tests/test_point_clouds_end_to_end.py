@@ -34,6 +34,11 @@ def test_point_clouds_train_and_analyse(tmp_path, capsys):
     for role in ("teacher", "random", "student", "baseline"):
         counts = summary[role]["per_sample"]
         assert all(fg + bg <= 36 for fg, bg in zip(counts["n_fg"], counts["n_bg"]) if fg is not None)
+    # the paper's recipe runs on clouds too, with PointNet's b = 0.5 (Sec. 4.1) and our lambda 7
+    assert main(["analyze", str(out), "--samples", "1", "--estimator", "paper", "--quiet"]) == 0
+    summary = json.loads(next((out / "analysis").glob("fc1-*/summary-b0.5-*.json")).read_text())
+    assert summary["teacher"]["rule"]["threshold"] == 0.5
+    assert summary["teacher"]["per_sample"]["n_fg"][0] is not None
 
 
 @pytest.mark.parametrize("data,model,expected", [

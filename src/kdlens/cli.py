@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="converged: kdlens's optimum of Eq. 4 (default); paper: the authors' recipe")
     analyze.add_argument("--threshold", type=float, default=None,
                          help="b: the estimator's default when omitted (converged: 1 background std; paper: 0.2, "
-                              "0.25 for AlexNet)")
+                              "0.25 for AlexNet and DGCNN, 0.5 for PointNet)")
     analyze.add_argument("--baseline", default="sample", choices=["sample", "dataset"],
                          help="H_bar per sample (the paper's text, default) or over the analysed samples (the authors' code)")
     analyze.add_argument("--entropy-weight", type=float, default=None,
