@@ -98,6 +98,7 @@ def test_architecture_defaults_and_unknown_options():
     assert paper_defaults("resnet18") == (6.0, 0.2)
     # point clouds: b of Sec. 4.1 (0.5 for PointNet, 0.25 otherwise), lambda ours (VGG's)
     assert paper_defaults("pointnet") == (7.0, 0.5) and paper_defaults("dgcnn") == (7.0, 0.25)
+    assert paper_defaults("pointnet2") == (7.0, 0.25)  # only PointNet itself has b = 0.5
     with pytest.raises(ValueError, match="pointnet"):
         paper_defaults("pointconv")
     with pytest.raises(TypeError, match="steps"):

@@ -1,4 +1,4 @@
-"""The point-cloud classifiers: PointNet and DGCNN as NamedLayerModels.
+"""The point-cloud classifiers: PointNet, PointNet++ and DGCNN as NamedLayerModels.
 
 Tiny on purpose: width 0.125, 64 points, 3 clouds."""
 
@@ -13,15 +13,17 @@ from torch import nn
 from kdlens.models import PAPER_LAYERS, build_model, capture, input_kind
 from kdlens.models.dgcnn import knn_indices
 
-POINT_MODELS = ["pointnet", "dgcnn"]
+POINT_MODELS = ["pointnet", "pointnet2", "dgcnn"]
 B, N, CLASSES, WIDTH = 3, 64, 5, 0.125
 # Width 0.125: PointNet's global feature is 1024/8 = 128; DGCNN's is max and
 # mean of 1024/8 = 128 channels, 256; the head is 512/8 = 64, 256/8 = 32.
-CONV_WIDTH = {"pointnet": 128, "dgcnn": 256}
+CONV_WIDTH = {"pointnet": 128, "pointnet2": 128, "dgcnn": 256}
 HIDDEN = (64, 32)
 # Per-point channels at the stage ends: PointNet's two shared MLPs (64, 128),
 # DGCNN's four EdgeConvs (64, 64, 128, 256), all divided by 8.
-STAGE_CHANNELS = {"pointnet": [8, 16], "dgcnn": [8, 8, 16, 32]}
+STAGE_CHANNELS = {"pointnet": [8, 16], "pointnet2": [16, 32], "dgcnn": [8, 8, 16, 32]}
+# ... on how many points: PointNet++'s SAs keep a half, then a quarter of that.
+STAGE_POINTS = {"pointnet": [N, N], "pointnet2": [N // 2, N // 8], "dgcnn": [N] * 4}
 
 
 def _model(arch: str, seed: int = 0, **kw) -> nn.Module:
@@ -103,7 +105,8 @@ def test_stage_ends_are_per_point_features(arch):
     assert len(model.stage_names) == len(STAGE_CHANNELS[arch])
     with torch.no_grad():
         got = capture(model, _clouds(), model.stage_ends)
-    assert [tuple(got[name].shape) for name in model.stage_ends] == [(B, c, N) for c in STAGE_CHANNELS[arch]]
+    assert [tuple(got[name].shape) for name in model.stage_ends] == [
+        (B, c, n) for c, n in zip(STAGE_CHANNELS[arch], STAGE_POINTS[arch])]
 
 
 def test_pointnet_conv_pre_is_the_pooled_pre_activation():
@@ -226,3 +229,37 @@ def test_model_learns(arch):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.1, losses
+
+
+def test_pointnet2_sampling_and_grouping():
+    from kdlens.models.pointnet2 import ball_groups, farthest_points, gather
+
+    xyz = _clouds(batch=2, points=40)
+    chosen = farthest_points(xyz, 10)
+    for b in range(2):
+        assert len(set(chosen[b].tolist())) == 10  # distinct points
+        centred = (xyz[b] - xyz[b].mean(0)).norm(dim=1)
+        assert chosen[b, 0] == centred.argmax()  # starts at the point farthest from the centroid
+        # each next point is the farthest from those chosen before it
+        for i in range(1, 10):
+            gap = torch.cdist(xyz[b], xyz[b, chosen[b, :i]]).amin(dim=1)
+            assert chosen[b, i] == gap.argmax()
+    centres = gather(xyz, chosen)
+    radius = 1.0
+    groups = ball_groups(xyz, centres, radius, 8)
+    distance = (gather(xyz, groups) - centres.unsqueeze(2)).norm(dim=-1)  # (B, M, K)
+    assert (distance <= radius + 1e-6).all()
+    assert torch.equal(groups[..., 0], chosen)  # the centre itself comes first
+    inside = (torch.cdist(centres, xyz) <= radius).sum(-1)  # points in each ball
+    for b in range(2):
+        for m in range(10):
+            kept = set(groups[b, m].tolist())
+            assert len(kept) == min(int(inside[b, m]), 8)
+
+
+def test_pointnet2_conv_pre_is_the_pooled_pre_activation():
+    model = _model("pointnet2")
+    x = _clouds()
+    with torch.no_grad():
+        feats = model.features(x, ["conv", "conv.pre"])
+    torch.testing.assert_close(feats["conv"], torch.relu(feats["conv.pre"]))

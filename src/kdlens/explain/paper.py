@@ -87,10 +87,10 @@ WEIGHT_GROWTH = 1.5
 # paper's 16 x 16 grid (256 cells), so the recipe moves sigma at the same pace.
 _FAMILY_DEFAULTS = {
     "vgg": (7.0, 0.2), "alexnet": (7.0, 0.25), "resnet": (6.0, 0.2),
-    "pointnet": (7.0, 0.5), "dgcnn": (7.0, 0.25),
+    "pointnet2": (7.0, 0.25), "pointnet": (7.0, 0.5), "dgcnn": (7.0, 0.25),  # pointnet2 before its prefix
 }
 # the families whose lambda the authors did not publish (see above)
-LAMBDA_NOT_PUBLISHED = ("pointnet", "dgcnn")
+LAMBDA_NOT_PUBLISHED = ("pointnet2", "pointnet", "dgcnn")
 
 
 def paper_defaults(arch: str) -> tuple[float, float]:

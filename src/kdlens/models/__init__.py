@@ -1,5 +1,5 @@
-"""The model zoo: AlexNet, VGG-11/16/19 and ResNet-18/34 for images, PointNet
-and DGCNN for point clouds, as ``NamedLayerModel``s.
+"""The model zoo: AlexNet, VGG-11/16/19 and ResNet-18/34 for images, PointNet,
+PointNet++ (SSG) and DGCNN for point clouds, as ``NamedLayerModel``s.
 
 Every model has the paper's four named layers ``conv, fc1, fc2, fc3`` (see
 ``kdlens.models.base``). The image models run both on 32x32 and 224x224
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from kdlens.models import alexnet, dgcnn, pointnet, resnet, vgg  # noqa: F401  (registers the families)
+from kdlens.models import alexnet, dgcnn, pointnet, pointnet2, resnet, vgg  # noqa: F401  (registers the families)
 from kdlens.models.base import PAPER_LAYERS, PRE_ACTIVATION, NamedLayerModel, pre_activation_norm
 from kdlens.models.catalog import MODELS
 from kdlens.models.features import capture, stage_end_modules
