@@ -95,12 +95,14 @@ class GlobalMaxPool(nn.Module):
         return x.amax(dim=2)
 
 
-def shared_mlp(channels: list[int], last_relu: bool = True) -> nn.Sequential:
-    """1x1 Conv1d + BN + ReLU per step, the same weights for every point.
-    Bias-free convs: the BN that follows has its own shift."""
+def shared_mlp(channels: list[int], last_relu: bool = True, dims: int = 1) -> nn.Sequential:
+    """1x1 conv + BN + ReLU per step, the same weights for every point: over
+    ``(B, C, N)`` points (``dims=1``) or ``(B, C, M, K)`` groups of points
+    (``dims=2``, PointNet++). Bias-free convs: the BN that follows has its own shift."""
+    conv, norm = {1: (nn.Conv1d, nn.BatchNorm1d), 2: (nn.Conv2d, nn.BatchNorm2d)}[dims]
     layers: list[nn.Module] = []
     for i, (cin, cout) in enumerate(zip(channels[:-1], channels[1:])):
-        layers += [nn.Conv1d(cin, cout, 1, bias=False), nn.BatchNorm1d(cout)]
+        layers += [conv(cin, cout, 1, bias=False), norm(cout)]
         if last_relu or i < len(channels) - 2:
             layers.append(relu())
     return nn.Sequential(*layers)

@@ -59,7 +59,7 @@ from torch import Tensor, nn
 from kdlens.errors import UsageError
 from kdlens.models.base import NamedLayerModel
 from kdlens.models.catalog import MODELS, reject_options, relu, scaled
-from kdlens.models.pointnet import POINTS, GlobalMaxPool, PointsToChannels, dense
+from kdlens.models.pointnet import POINTS, GlobalMaxPool, PointsToChannels, dense, shared_mlp
 
 XYZ = 3
 # (share of the incoming points kept as centres, radius, neighbours, MLP) per SA
@@ -103,16 +103,6 @@ def gather(values: Tensor, index: Tensor) -> Tensor:
     return values[rows, index]
 
 
-def shared_mlp_2d(channels: list[int], last_relu: bool = True) -> nn.Sequential:
-    """1x1 Conv2d + BN + ReLU per step over ``(B, C, M, K)`` groups."""
-    layers: list[nn.Module] = []
-    for i, (cin, cout) in enumerate(zip(channels[:-1], channels[1:])):
-        layers += [nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout)]
-        if last_relu or i < len(channels) - 2:
-            layers.append(relu())
-    return nn.Sequential(*layers)
-
-
 class GroupMax(nn.Module):
     """``(B, C, M, K)`` -> ``(B, C, M)``: the max over each group."""
 
@@ -127,7 +117,7 @@ class SetAbstraction(nn.Module):
     def __init__(self, share: float, radius: float, size: int, cin: int, channels: list[int]) -> None:
         super().__init__()
         self.share, self.radius, self.size = share, radius, size
-        self.mlp = shared_mlp_2d([cin + XYZ, *channels])
+        self.mlp = shared_mlp([cin + XYZ, *channels], dims=2)
         self.pool = GroupMax()  # its output is the SA's per-point feature (a "stage<k>" sensing point)
 
     def forward(self, xyz: Tensor, features: Optional[Tensor]) -> tuple[Tensor, Tensor]:
@@ -156,7 +146,7 @@ class SetAbstractionTrunk(nn.Module):
             layers.append(SetAbstraction(share, radius, size, cin, channels))
             cin = channels[-1]
         self.abstractions = nn.ModuleList(layers)
-        self.group_all = shared_mlp_2d([cin + XYZ, *(scaled(c, width) for c in GLOBAL_MLP)], last_relu=False)
+        self.group_all = shared_mlp([cin + XYZ, *(scaled(c, width) for c in GLOBAL_MLP)], last_relu=False, dims=2)
 
     def forward(self, x: Tensor) -> Tensor:
         xyz = x[:, :XYZ].transpose(1, 2)
