@@ -22,9 +22,10 @@ TINY = {
 }
 
 
-def test_point_clouds_train_and_analyse(tmp_path, capsys):
+@pytest.mark.parametrize("arch", ["pointnet", "pointnet2"])
+def test_point_clouds_train_and_analyse(tmp_path, capsys, arch):
     config = tmp_path / "points.yaml"
-    config.write_text(yaml.safe_dump(TINY))
+    config.write_text(yaml.safe_dump({**TINY, "model": {**TINY["model"], "arch": arch}}))
     out = tmp_path / "run"
     assert main(["train", "--config", str(config), "--out", str(out), "--quiet"]) == 0
     assert main(["analyze", str(out), "--samples", "2", "--steps", "4", "--quiet"]) == 0
@@ -34,10 +35,11 @@ def test_point_clouds_train_and_analyse(tmp_path, capsys):
     for role in ("teacher", "random", "student", "baseline"):
         counts = summary[role]["per_sample"]
         assert all(fg + bg <= 36 for fg, bg in zip(counts["n_fg"], counts["n_bg"]) if fg is not None)
-    # the paper's recipe runs on clouds too, with PointNet's b = 0.5 (Sec. 4.1) and our lambda 7
+    # the paper's recipe runs on clouds too, with b of Sec. 4.1 (0.5 for PointNet, else 0.25) and our lambda 7
+    b = 0.5 if arch == "pointnet" else 0.25
     assert main(["analyze", str(out), "--samples", "1", "--estimator", "paper", "--quiet"]) == 0
-    summary = json.loads(next((out / "analysis").glob("fc1-*/summary-b0.5-*.json")).read_text())
-    assert summary["teacher"]["rule"]["threshold"] == 0.5
+    summary = json.loads(next((out / "analysis").glob(f"fc1-*/summary-b{b}-*.json")).read_text())
+    assert summary["teacher"]["rule"]["threshold"] == b
     assert summary["teacher"]["per_sample"]["n_fg"][0] is not None
 
 
