@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 from torch import nn
 
+from kdlens.errors import UsageError
 from kdlens.models.base import NamedLayerModel
 from kdlens.registry import Registry
 
@@ -37,6 +38,13 @@ def reject_options(arch: str, options: dict[str, Any]) -> None:
     # A misspelt option (``batchnorm=False``) must not be silently ignored.
     if options:
         raise TypeError(f"{arch} got unexpected option(s): {', '.join(sorted(options))}")
+
+
+def check_integer_option(arch: str, name: str, value: Any, minimum: int, why: str = "") -> None:
+    """A one-line :class:`~kdlens.errors.UsageError` unless ``value`` is an int
+    (not a bool) of at least ``minimum``; ``why`` says what it counts."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UsageError(f"{arch} {name} = {value!r}: expected an integer >= {minimum}" + (f" ({why})" if why else ""))
 
 
 def relu() -> nn.ReLU:

@@ -56,9 +56,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from kdlens.errors import UsageError
 from kdlens.models.base import NamedLayerModel
-from kdlens.models.catalog import MODELS, reject_options, scaled
+from kdlens.models.catalog import MODELS, check_integer_option, reject_options, scaled
 from kdlens.models.pointnet import POINTS, PointsToChannels, dense
 
 DEFAULT_K = 20
@@ -181,10 +180,8 @@ def dgcnn(
     **kwargs,
 ) -> NamedLayerModel:
     reject_options("dgcnn", kwargs)
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise UsageError(f"dgcnn option k = {k!r}: expected an integer >= 1 (neighbours per point)")
-    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
-        raise UsageError(f"dgcnn in_channels = {in_channels!r}: expected an integer >= 1")
+    check_integer_option("dgcnn", "option k", k, 1, "neighbours per point")
+    check_integer_option("dgcnn", "in_channels", in_channels, 1)
     return _dgcnn(num_classes, width, dropout, in_channels, k)
 
 

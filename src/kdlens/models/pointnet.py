@@ -59,7 +59,7 @@ from torch import Tensor, nn
 
 from kdlens.errors import UsageError
 from kdlens.models.base import NamedLayerModel
-from kdlens.models.catalog import MODELS, reject_options, relu, scaled
+from kdlens.models.catalog import MODELS, check_integer_option, reject_options, relu, scaled
 
 # What a point-cloud family declares on its factory, so ``build_model`` knows
 # that ``image_size`` means nothing to it (see ``kdlens.models.input_kind``).
@@ -231,8 +231,7 @@ def pointnet(
     reject_options("pointnet", kwargs)
     if not isinstance(feature_transform, bool):
         raise UsageError(f"pointnet option feature_transform = {feature_transform!r}: expected true or false")
-    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
-        raise UsageError(f"pointnet in_channels = {in_channels!r}: expected an integer >= 1")
+    check_integer_option("pointnet", "in_channels", in_channels, 1)
     return _pointnet(num_classes, width, dropout, in_channels, feature_transform)
 
 

@@ -56,9 +56,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from kdlens.errors import UsageError
 from kdlens.models.base import NamedLayerModel
-from kdlens.models.catalog import MODELS, reject_options, relu, scaled
+from kdlens.models.catalog import MODELS, check_integer_option, reject_options, relu, scaled
 from kdlens.models.pointnet import POINTS, GlobalMaxPool, PointsToChannels, dense, shared_mlp
 
 XYZ = 3
@@ -184,8 +183,7 @@ def pointnet2(
     **kwargs,
 ) -> NamedLayerModel:
     reject_options("pointnet2", kwargs)
-    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < XYZ:
-        raise UsageError(f"pointnet2 in_channels = {in_channels!r}: expected an integer >= 3 (xyz first)")
+    check_integer_option("pointnet2", "in_channels", in_channels, XYZ, "xyz first")
     return _pointnet2(num_classes, width, dropout, in_channels)
 
 
