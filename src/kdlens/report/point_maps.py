@@ -102,6 +102,47 @@ def _entropy_colours(entropy: Optional[np.ndarray], n_points: int, norm: Optiona
     return colours
 
 
+def draw_cloud(ax, xyz: np.ndarray, mask: Optional[np.ndarray]) -> None:
+    """The cloud ``xyz`` (P, 3) on a 3-D axis, the object's points (``mask``) orange, the rest grey."""
+    _setup(ax)
+    colours = np.tile((*BACKGROUND_COLOUR, 1.0), (xyz.shape[0], 1))
+    if mask is not None:
+        colours[mask.astype(bool)] = (*OBJECT_COLOUR, 1.0)
+    ax.scatter(xyz[:, 0], xyz[:, 1], xyz[:, 2], s=POINT_SIZE, c=colours, linewidths=0, depthshade=False)
+
+
+def draw_entropy(ax, xyz: np.ndarray, entropy: Optional[np.ndarray], norm: Optional[Normalize]) -> np.ndarray:
+    """Every point of ``xyz`` coloured by its entropy; returns the colours."""
+    _setup(ax)
+    fill = _entropy_colours(entropy, xyz.shape[0], norm)
+    # depthshade off: the colour must stay the entropy, not fade with depth
+    ax.scatter(xyz[:, 0], xyz[:, 1], xyz[:, 2], s=POINT_SIZE, c=fill, linewidths=0, depthshade=False)
+    return fill
+
+
+def draw_knowledge_points(ax, xyz: np.ndarray, fill: np.ndarray, points: np.ndarray,
+                          foreground: np.ndarray) -> tuple[int, int]:
+    """The knowledge points drawn larger, ringed orange (foreground) or blue
+    (background), over :func:`draw_entropy`'s dots; returns (N_fg, N_bg)."""
+    points, foreground = points.astype(bool), foreground.astype(bool)
+    # drawn after the small dots (computed_zorder off) so no ring hides behind them
+    for chosen, ring in ((points & foreground, FG_COLOUR), (points & ~foreground, BG_COLOUR)):
+        if chosen.any():
+            ax.scatter(xyz[chosen, 0], xyz[chosen, 1], xyz[chosen, 2], s=KNOWLEDGE_POINT_SIZE, c=fill[chosen],
+                       edgecolors=[ring], linewidths=RING_WIDTH, depthshade=False)
+    return int((points & foreground).sum()), int((points & ~foreground).sum())
+
+
+def legend_handles(cloud_column: str) -> list[Line2D]:
+    """The legend of a knowledge-point figure on clouds; ``cloud_column`` names
+    where the object's points are shown."""
+    return [Line2D([], [], marker="o", linestyle="", markerfacecolor="none", markeredgecolor=FG_COLOUR,
+                   label="foreground knowledge point"),
+            Line2D([], [], marker="o", linestyle="", markerfacecolor="none", markeredgecolor=BG_COLOUR,
+                   label="background knowledge point"),
+            Line2D([], [], marker="o", linestyle="", color=OBJECT_COLOUR, label=f"object point ({cloud_column})")]
+
+
 def point_cloud_maps(layer: str, maps: Mapping[str, Any], max_samples: int = 6,
                      estimator: Optional[str] = None) -> bytes:
     """The knowledge points of teacher, student, baseline and random weights
@@ -135,51 +176,31 @@ def point_cloud_maps(layer: str, maps: Mapping[str, Any], max_samples: int = 6,
     for i in range(n):
         xyz = clouds[i][:, :3].astype(float)
         n_points = xyz.shape[0]
-        x, y, z = xyz[:, 0], xyz[:, 1], xyz[:, 2]
         mask = _per_point(masks, i, n_points)
-        mask = None if mask is None else mask.astype(bool)
-
         ax = panels[i, 0]
-        _setup(ax)
-        colours = np.tile((*BACKGROUND_COLOUR, 1.0), (n_points, 1))
-        if mask is not None:
-            colours[mask] = (*OBJECT_COLOUR, 1.0)
-        ax.scatter(x, y, z, s=POINT_SIZE, c=colours, linewidths=0, depthshade=False)
+        draw_cloud(ax, xyz, mask)
         head = "cloud, object in orange" if mask is not None else "cloud (no object mask)"
         ax.set_title(f"{head if i == 0 else ''}\nsample {i}", fontsize=9)
 
         for j, role in enumerate(roles, start=1):
             ax = panels[i, j]
-            _setup(ax)
             entry = maps[role]
             entropy = _per_point(_np(entry.get("entropy")), i, n_points)
-            fill = _entropy_colours(entropy, n_points, norm)
-            # depthshade off: the colour must stay the entropy, not fade with depth
-            ax.scatter(x, y, z, s=POINT_SIZE, c=fill, linewidths=0, depthshade=False)
+            fill = draw_entropy(ax, xyz, entropy, norm)
             points = _per_point(_np(entry.get("points")), i, n_points)
             foreground = _per_point(_np(entry.get("foreground")), i, n_points)
             name = ROLE_TITLES.get(role, role) + ("" if entropy is not None else " (no entropy)")
             if points is None or foreground is None:
                 ax.set_title(f"{name}\n–", fontsize=9)
                 continue
-            points, foreground = points.astype(bool), foreground.astype(bool)
-            # drawn after the small dots (computed_zorder off) so no ring hides behind them
-            for chosen, ring in ((points & foreground, FG_COLOUR), (points & ~foreground, BG_COLOUR)):
-                if chosen.any():
-                    ax.scatter(x[chosen], y[chosen], z[chosen], s=KNOWLEDGE_POINT_SIZE, c=fill[chosen],
-                               edgecolors=[ring], linewidths=RING_WIDTH, depthshade=False)
-            n_fg, n_bg = int((points & foreground).sum()), int((points & ~foreground).sum())
+            n_fg, n_bg = draw_knowledge_points(ax, xyz, fill, points, foreground)
             ax.set_title(f"{name}\nN_fg / N_bg = {n_fg} / {n_bg}", fontsize=9)
 
     height = fig.get_figheight()
     fig.suptitle(f"Knowledge points on point clouds at layer {_where(layer, estimator)} (the paper's Fig. 6 shows them on images)",
                  fontsize=11, y=1.0 - 0.12 / height)
     fig.legend(
-        handles=[Line2D([], [], marker="o", linestyle="", markerfacecolor="none", markeredgecolor=FG_COLOUR,
-                        label="foreground knowledge point"),
-                 Line2D([], [], marker="o", linestyle="", markerfacecolor="none", markeredgecolor=BG_COLOUR,
-                        label="background knowledge point"),
-                 Line2D([], [], marker="o", linestyle="", color=OBJECT_COLOUR, label="object point (first column)")],
+        handles=legend_handles("first column"),
         loc="lower center", ncol=3, fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0.0),
     )
     right = 1.0 - 0.6 / fig.get_figwidth()  # room for the colour bar

@@ -18,21 +18,17 @@ from typing import Any, Sequence
 import numpy as np
 from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 from mpl_toolkits.mplot3d import Axes3D  # noqa: F401  (registers the "3d" projection)
 
-from kdlens.report.figures import BG_COLOUR, FG_COLOUR, _no_data, _png
+from kdlens.report.figures import _no_data, _png
 from kdlens.report.point_maps import (
-    BACKGROUND_COLOUR,
     ENTROPY_CMAP,
-    KNOWLEDGE_POINT_SIZE,
-    OBJECT_COLOUR,
-    POINT_SIZE,
-    RING_WIDTH,
-    _entropy_colours,
     _entropy_norm,
     _per_point,
-    _setup,
+    draw_cloud,
+    draw_entropy,
+    draw_knowledge_points,
+    legend_handles,
 )
 
 
@@ -58,30 +54,18 @@ def point_maps_figure(panels: dict[str, dict[str, Any]], max_samples: int, netwo
         for i in range(k):
             xyz = np.asarray(panel["clouds"][i], dtype=float)[:, :3]
             n_points = xyz.shape[0]
-            x, y, z = xyz[:, 0], xyz[:, 1], xyz[:, 2]
-            mask = _per_point(np.asarray(panel["masks"]), i, n_points)
             ax = axes[r, i * per]
-            _setup(ax)
-            colours = np.tile((*BACKGROUND_COLOUR, 1.0), (n_points, 1))
-            if mask is not None:
-                colours[mask.astype(bool)] = (*OBJECT_COLOUR, 1.0)
-            ax.scatter(x, y, z, s=POINT_SIZE, c=colours, linewidths=0, depthshade=False)
+            draw_cloud(ax, xyz, _per_point(np.asarray(panel["masks"]), i, n_points))
             ax.set_title(f"{network}\nsample {panel['indices'][i]}", fontsize=8)
             for e, estimator in enumerate(estimators, start=1):
                 ax = axes[r, i * per + e]
-                _setup(ax)
                 data = panel[estimator]
                 entropy = _per_point(np.asarray(data["entropy"]), i, n_points)
-                fill = _entropy_colours(entropy, n_points, norms[estimator])
-                ax.scatter(x, y, z, s=POINT_SIZE, c=fill, linewidths=0, depthshade=False)
-                points = _per_point(np.asarray(data["points"]), i, n_points).astype(bool)
-                foreground = _per_point(np.asarray(data["foreground"]), i, n_points).astype(bool)
-                for chosen, ring in ((points & foreground, FG_COLOUR), (points & ~foreground, BG_COLOUR)):
-                    if chosen.any():
-                        ax.scatter(x[chosen], y[chosen], z[chosen], s=KNOWLEDGE_POINT_SIZE, c=fill[chosen],
-                                   edgecolors=[ring], linewidths=RING_WIDTH, depthshade=False)
+                fill = draw_entropy(ax, xyz, entropy, norms[estimator])
+                points = _per_point(np.asarray(data["points"]), i, n_points)
+                foreground = _per_point(np.asarray(data["foreground"]), i, n_points)
+                n_fg, n_bg = draw_knowledge_points(ax, xyz, fill, points, foreground)
                 if data["defined"][i]:
-                    n_fg, n_bg = int((points & foreground).sum()), int((points & ~foreground).sum())
                     ax.set_title(f"{estimator}\nN_fg {n_fg}, N_bg {n_bg}", fontsize=8)
                 else:
                     ax.set_title(f"{estimator}\nundefined", fontsize=8)
@@ -89,11 +73,7 @@ def point_maps_figure(panels: dict[str, dict[str, Any]], max_samples: int, netwo
     fig.suptitle(f"kdlens validate: knowledge points on planted knowledge in point clouds, layer {layer} "
                  "(dark = low entropy = information kept)", fontsize=10, y=1.0 - 0.12 / height)
     fig.legend(
-        handles=[Line2D([], [], marker="o", linestyle="", markerfacecolor="none", markeredgecolor=FG_COLOUR,
-                        label="foreground knowledge point"),
-                 Line2D([], [], marker="o", linestyle="", markerfacecolor="none", markeredgecolor=BG_COLOUR,
-                        label="background knowledge point"),
-                 Line2D([], [], marker="o", linestyle="", color=OBJECT_COLOUR, label="object point (cloud column)")],
+        handles=legend_handles("cloud column"),
         loc="lower center", ncol=3, fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0.0),
     )
     right = 1.0 - 1.0 / width  # room for the colour bars
