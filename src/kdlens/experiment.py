@@ -155,7 +155,7 @@ def run_experiment(
         "layers": summaries,
         "maps": maps,
     }
-    return write_report(out, data)
+    return write_report(out, data, unit_maps=modality.unit_maps)
 
 
 def run_demo(

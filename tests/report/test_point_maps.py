@@ -3,6 +3,7 @@
 import numpy as np
 import torch
 
+from kdlens.modalities.points import PointModality
 from kdlens.report import write_report
 from kdlens.report.point_maps import point_cloud_maps
 
@@ -54,7 +55,7 @@ def test_write_report_draws_cloud_maps(tmp_path):
             "layers": {"fc1": {"converged": {role: dict(summary) for role in ("teacher", "student", "baseline")}}},
             "maps": {"fc1": {"clouds": maps["clouds"], "masks": maps["masks"],
                              "converged": {role: maps[role] for role in ROLES}}}}
-    written = write_report(tmp_path, data, bootstrap=FAST)
+    written = write_report(tmp_path, data, bootstrap=FAST, unit_maps=PointModality().unit_maps)
     figure = written["figures/maps_fc1_converged.png"]
     assert figure.read_bytes()[:8] == PNG_SIGNATURE
     md = (tmp_path / "report.md").read_text()

@@ -13,6 +13,8 @@ A modality answers, for a batch of samples of its kind:
   n_units)``: what the report draws the knowledge points on (images in [0, 1],
   or clouds) and the shape per-unit values take there ((B, G, G) cells, or
   (B, N) points).
+* ``unit_maps(layer, maps, estimator)``: the report's figure of the final
+  knowledge points on those inputs, and its caption.
 
 Everything else in the measurement (the estimators, knowledge points, the
 dynamics) is the same for every kind.
@@ -20,7 +22,7 @@ dynamics) is the same for every kind.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from torch import Tensor
 
@@ -44,6 +46,11 @@ class Modality:
         raise NotImplementedError
 
     def unit_layout(self, count: int, grid: int, n_units: int) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def unit_maps(self, layer: str, maps: Mapping[str, Any], estimator: str) -> tuple[bytes, str]:
+        """PNG bytes and caption of the knowledge points of every role in ``maps``
+        ({**report_inputs, role: {"entropy", "points", "foreground"} in ``unit_layout``})."""
         raise NotImplementedError
 
     def describe_units(self, grid: int) -> str:

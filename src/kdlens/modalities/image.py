@@ -4,13 +4,14 @@ Fig. 3), and a cell is foreground when at least ``rule`` of its pixels are."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from torch import Tensor
 
 from kdlens.data.base import denormalize
 from kdlens.modalities.units import foreground_units, grid_units, unit_foreground_share
 from kdlens.errors import UsageError
+from kdlens.report.render import grid_unit_maps
 from kdlens.modalities.base import MODALITIES, Modality
 
 
@@ -34,6 +35,10 @@ class ImageModality(Modality):
 
     def unit_layout(self, count: int, grid: int, n_units: int) -> tuple[int, ...]:
         return (count, grid, grid)
+
+    def unit_maps(self, layer: str, maps: Mapping[str, Any], estimator: str) -> tuple[bytes, str]:
+        """The paper's Fig. 3 / 6: the images with their knowledge cells shaded."""
+        return grid_unit_maps(layer, maps, estimator)
 
     def describe_units(self, grid: int) -> str:
         return f"grid {grid}x{grid}"

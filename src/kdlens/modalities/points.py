@@ -5,12 +5,13 @@ its three coordinates share one noise scale, so the noise moves the point."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from torch import Tensor
 
 from kdlens.modalities.units import foreground_units, point_units, unit_foreground_share
 from kdlens.errors import UsageError
+from kdlens.report.point_maps import point_cloud_maps
 from kdlens.modalities.base import MODALITIES, Modality
 
 
@@ -34,6 +35,13 @@ class PointModality(Modality):
 
     def unit_layout(self, count: int, grid: int, n_units: int) -> tuple[int, ...]:
         return (count, n_units)
+
+    def unit_maps(self, layer: str, maps: Mapping[str, Any], estimator: str) -> tuple[bytes, str]:
+        """A 3-D scatter per cloud and role, the point-cloud panels of the paper's Fig. 6."""
+        return (point_cloud_maps(layer, maps, estimator=estimator),
+                f"Knowledge points on the point clouds at {layer} ({estimator} estimator): colour = entropy "
+                "(dark = information kept), orange / blue rings = foreground / background knowledge points "
+                "(the point-cloud counterpart of Fig. 6)")
 
     def describe_units(self, grid: int) -> str:
         return "one unit per point"

@@ -18,10 +18,9 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 from kdlens.report import figures
-from kdlens.report.point_maps import point_cloud_maps
 from kdlens.report.tables import (
     BOOTSTRAP, HYPOTHESES, fmt, fmt_interval, fmt_signed, html_table, hypothesis_verdicts, infer_estimators,
     level_text, markdown_table, number, teacher_vs_random,
@@ -282,23 +281,30 @@ def _has_mimic(models: Mapping) -> bool:
     return any(number(row.get("mimic_accuracy")) is not None for row in per_epoch)
 
 
-def _maps_plot(layer: str, est: str, layer_maps: Mapping) -> tuple:
-    """The ("maps", draw, caption) entry of one layer and estimator: the point-cloud
-    maps when the samples are clouds (the layer's maps hold "clouds" and no
-    "images"), else the image maps - one file name either way."""
-    clouds = layer_maps.get("clouds") is not None and layer_maps.get("images") is None
-    if clouds:
-        flat = {"clouds": layer_maps.get("clouds"), "masks": layer_maps.get("masks"), **layer_maps[est]}
-        return ("maps", lambda: point_cloud_maps(layer, flat, estimator=est),
-                f"Knowledge points on the point clouds at {layer} ({est} estimator): colour = entropy (dark = "
-                "information kept), orange / blue rings = foreground / background knowledge points (the point-cloud counterpart of Fig. 6)")
-    flat = {"images": layer_maps.get("images"), "masks": layer_maps.get("masks"), **layer_maps[est]}
-    return ("maps", lambda: figures.knowledge_point_maps(layer, flat, estimator=est),
-            f"Knowledge points at {layer} ({est} estimator): foreground points orange, "
+# draws one layer's unit maps for one estimator: (layer, maps, estimator) ->
+# (PNG bytes, caption); each modality has one (``Modality.unit_maps``)
+UnitMaps = Callable[[str, Mapping, str], "tuple[bytes, str]"]
+
+
+def grid_unit_maps(layer: str, maps: Mapping, estimator: str) -> tuple[bytes, str]:
+    """The image modality's maps (grid cells over images), the default of :func:`write_report`."""
+    return (figures.knowledge_point_maps(layer, maps, estimator=estimator),
+            f"Knowledge points at {layer} ({estimator} estimator): foreground points orange, "
             "background points blue (Fig. 3 / 6)")
 
 
-def write_report(out_dir: str | Path, data: Mapping, *, bootstrap: Mapping | None = None) -> dict[str, Path]:
+def _maps_plot(layer: str, est: str, layer_maps: Mapping, unit_maps: UnitMaps) -> tuple:
+    """The ("maps", draw, caption) entry of one layer and estimator: the
+    layer's shared inputs (everything but the estimators' entries) with the
+    estimator's roles, drawn by the modality's ``unit_maps``."""
+    flat = {key: value for key, value in layer_maps.items() if not isinstance(value, Mapping)}
+    flat.update(layer_maps[est])
+    png, caption = unit_maps(layer, flat, est)
+    return ("maps", lambda: png, caption)
+
+
+def write_report(out_dir: str | Path, data: Mapping, *, bootstrap: Mapping | None = None,
+                 unit_maps: Optional[UnitMaps] = None) -> dict[str, Path]:
     """Write the report for ``data`` into ``out_dir`` and return every written
     file by its path relative to ``out_dir`` ("report.md", "report.html",
     "metrics.json", "figures/<stem>_<layer>_<estimator>.png" with stem maps,
@@ -313,14 +319,14 @@ def write_report(out_dir: str | Path, data: Mapping, *, bootstrap: Mapping | Non
                           estimator: {role: {"entropy": (N,G,G), "points": (N,G,G) bool,
                                              "foreground": (N,G,G) bool}}}}}   # optional
 
-    For point clouds a layer's maps hold "clouds" instead of "images", and per
-    point what images hold per grid cell::
+    That is the image layout. Another input kind holds its own inputs in
+    place of "images" and "masks" (``Modality.report_inputs``) and per unit
+    what images hold per grid cell; ``unit_maps`` is its modality's drawer of
+    figures/maps_<layer>_<estimator>.png (``Modality.unit_maps``), and
+    :func:`grid_unit_maps` (images) when not given. For point clouds::
 
          {"clouds": (N,P,3) xyz, "masks": (N,P) bool (the object's points),
           estimator: {role: {"entropy": (N,P), "points": (N,P) bool, "foreground": (N,P) bool}}}
-
-    and figures/maps_<layer>_<estimator>.png is then a 3-D scatter per cloud
-    (``kdlens.report.point_maps.point_cloud_maps``).
 
     Roles are "teacher", "student", "baseline" and optionally "random" (the
     teacher's architecture with its random initial weights).  A summary is
@@ -376,7 +382,7 @@ def write_report(out_dir: str | Path, data: Mapping, *, bootstrap: Mapping | Non
             models = (layers.get(layer) or {}).get(est)
             plots = []
             if layer_maps is not None and layer_maps.get(est) is not None:
-                plots.append(_maps_plot(layer, est, layer_maps))
+                plots.append(_maps_plot(layer, est, layer_maps, unit_maps or grid_unit_maps))
             if models is not None:
                 plots += [
                     ("points_vs_distance",
