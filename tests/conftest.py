@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -25,3 +27,14 @@ def all_threads_when_slow(request):
     torch.set_num_threads(DEFAULT_THREADS)
     yield
     torch.set_num_threads(1)
+
+
+@pytest.fixture
+def strict_json():
+    """Reads a JSON file back with NaN / Infinity refused: results never hold non-finite numbers."""
+    def read(path):
+        def reject(constant):
+            raise AssertionError(f"non-finite value {constant} in {path}")
+
+        return json.loads(path.read_text(), parse_constant=reject)
+    return read

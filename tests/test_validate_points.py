@@ -24,22 +24,15 @@ TINY = ValidationSettings(modality="points", arch="pointnet", num_classes=4, num
                           samples=1, converged_steps=10, converged_noise_samples=2, map_samples=1)
 
 
-def _strict_json(path):
-    def reject(constant):
-        raise AssertionError(f"non-finite value {constant} in {path}")
-
-    return json.loads(path.read_text(), parse_constant=reject)
-
-
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("validate-points")
     return out, run_validation(out, progress=False, settings=TINY)
 
 
-def test_json_shape(tiny_run):
+def test_json_shape(tiny_run, strict_json):
     out, summary = tiny_run
-    saved = _strict_json(out / "validation.json")
+    saved = strict_json(out / "validation.json")
     assert saved == json.loads(json.dumps(summary))
     for network in NETWORKS:
         for estimator in ESTIMATORS:

@@ -12,7 +12,8 @@ from kdlens.data.synthetic import SyntheticShapes
 from kdlens.errors import TrainingDiverged
 from kdlens.models import build_model
 from kdlens.store import CheckpointStore
-from kdlens.train.mutual import MutualOptions, MutualPair, _parameters, mutual_step, train_mutually
+from kdlens.train.loop import unique_parameters as _parameters
+from kdlens.train.mutual import MutualOptions, MutualPair, mutual_step, train_mutually
 from kdlens.train.loop import NonFiniteLoss
 from kdlens.train.optim import build_optimizer
 

@@ -140,7 +140,7 @@ class NonFiniteLoss(TrainingDiverged):
         super().__init__(f"{self.problem}, expected finite")
 
 
-def _parameters(modules: Sequence[nn.Module]) -> list[nn.Parameter]:
+def unique_parameters(modules: Sequence[nn.Module]) -> list[nn.Parameter]:
     """The parameters of ``modules``, each once, in order."""
     seen: set[int] = set()
     params: list[nn.Parameter] = []
@@ -156,7 +156,7 @@ def _set_trainable(model: nn.Module, trainable: Sequence[nn.Module]) -> list[nn.
     """Only the parameters of ``trainable`` require gradients; returns them."""
     for p in model.parameters():
         p.requires_grad_(False)
-    params = _parameters(trainable)
+    params = unique_parameters(trainable)
     for p in params:
         p.requires_grad_(True)
     return params

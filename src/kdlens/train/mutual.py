@@ -53,7 +53,6 @@ from kdlens.seeding import derive_seed, seed_everything
 from kdlens.store import CheckpointStore
 from kdlens.train.evaluate import evaluate
 from kdlens.train.loop import Phase, Update, run_updates, train_phases
-from kdlens.train.loop import _parameters  # noqa: F401  (a side's parameters, once each)
 
 MUTUAL_MODES = ("dml", "ie_dml")
 
