@@ -180,3 +180,47 @@ def test_noise_concentrates_on_ignored_units():
     # the ignored half has no optimum: it stops at the bound, exactly, whatever the budget
     assert torch.equal(right, torch.ones_like(right))
     assert left.max() < 0.2
+
+
+def test_linear_closed_form_per_sample_units_with_elements_in_no_unit():
+    """A unit map per sample (words of different sentences): sample b has n_b units
+    and elements in no unit (-1: special tokens, padding), which get no noise.
+
+    Only in-unit elements are perturbed, so delta_f^2 = tau^2 sum_{i in a unit} ||W_:,i||^2,
+    and the entropy term is the mean over the sample's own n_b units, so the
+    derivation of the grouped case gives sigma_u^2 = alpha delta_f^2 / (2 n_b C_u).
+    A unit a sample does not have has NaN sigma and entropy.
+    """
+    lin = linear(bias=True, seed=2)
+    units = torch.tensor([[0, 0, 1, 2, 2, -1, -1, 3],     # 4 units, two elements in none
+                          [-1, 0, 0, 0, 1, 1, 2, -1]])    # 3 units
+    x = torch.randn(2, 8)
+    c = lin.weight.detach().pow(2).sum(0)
+    for estimator, options, tolerance in (("converged", EXACT, 0.04),):
+        r = information_discarding(lin, x, None, units, estimator=estimator, **options)
+        assert r.sigma.shape == (2, 4) and r.valid.all()
+        assert torch.isnan(r.sigma[1, 3]) and torch.isnan(r.entropy[1, 3]) and torch.isfinite(r.sigma[0]).all()
+        inside = (units >= 0).float()
+        assert torch.allclose(r.feature_variance, TAU**2 * (inside * c).sum(1), rtol=0.2)
+        for b, n_b in ((0, 4), (1, 3)):
+            big_c = torch.zeros(n_b).index_add_(0, units[b][units[b] >= 0], c[units[b] >= 0])
+            expected = (ALPHA * r.feature_variance[b] / (2 * n_b * big_c)).sqrt()
+            assert (r.sigma[b, :n_b] / expected - 1).abs().max() < tolerance
+
+
+def test_a_per_sample_map_equal_for_every_sample_gives_the_shared_result():
+    """The per-sample path and the shared path are the same problem when every sample has the same map."""
+    lin = linear(bias=True, seed=3)
+    shared = torch.tensor([0, 0, 1, 1, 1, 2, 3, 3])
+    x = torch.randn(3, 8)
+    for estimator, options in (("converged", dict(steps=60)), ("paper", dict(entropy_weight=1.0))):
+        one = information_discarding(lin, x, None, shared, estimator=estimator, **options)
+        each = information_discarding(lin, x, None, shared.expand(3, 8).clone(), estimator=estimator, **options)
+        assert torch.allclose(one.sigma, each.sigma, rtol=1e-4, atol=1e-6), estimator
+        assert torch.allclose(one.feature_variance, each.feature_variance, rtol=1e-5)
+
+
+def test_per_sample_units_that_skip_an_id_are_refused():
+    with pytest.raises(Exception, match=r"units of sample 1 has ids \[-1, 0, 2\]"):
+        information_discarding(linear(), torch.randn(2, 8), None,
+                               torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1], [0, 0, 2, 2, -1, 0, 0, 0]]), steps=2)

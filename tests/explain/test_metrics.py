@@ -140,3 +140,19 @@ def test_stability_by_hand():
     assert s.mean == pytest.approx(1 / 3)
     assert stability(pts, first_epoch=0).rho[0] == pytest.approx(0.5)  # union {0,1,2,3}
     assert stability(torch.zeros(3, 2, 4, dtype=torch.bool)).mean is None
+
+
+def test_units_a_sample_lacks_are_neither_foreground_nor_background():
+    """Sentences of 4 and 3 words: the second's fourth unit does not exist (NaN entropy)."""
+    nan = math.nan
+    entropy = torch.tensor([[1.0, 2.0, 3.0, 3.1], [1.0, 3.0, 3.2, nan]])
+    fg = torch.tensor([[T, T, F, F], [T, F, F, T]])  # a stray True on the missing unit is ignored
+    present = torch.tensor([[T, T, T, T], [T, T, T, F]])
+    kp = knowledge_points(entropy, fg, b=0.2, present=present)
+    assert kp.defined.tolist() == [T, T]
+    assert torch.allclose(kp.h_bar, torch.tensor([3.05, 3.1]))  # bg of the second: {1, 2} only
+    assert kp.is_point.tolist() == [[T, T, F, F], [T, F, F, F]]
+    assert kp.n_fg.tolist() == [2, 1] and kp.n_bg.tolist() == [0, 0]
+    assert kp.foreground.tolist() == [[T, T, F, F], [T, F, F, F]]
+    without = knowledge_points(entropy, fg, b=0.2)  # without `present` the NaN makes the sample undefined
+    assert without.defined.tolist() == [T, F]

@@ -84,7 +84,7 @@ from kdlens.explain.common import (
     noisy_distances,
     randn,
 )
-from kdlens.modalities.units import check_units
+from kdlens.modalities.units import UnitMap
 from kdlens.errors import UsageError
 
 FINAL_LR_SHARE = 0.05  # the lr at the last step, as a share of lr
@@ -139,13 +139,15 @@ def converged_discarding(
     if not (check_number("sigma_max", sigma_max) > tau):
         raise UsageError(f"sigma_max = {sigma_max!r}: expected a finite bound above tau = {tau!r}")
     x = check_inputs(inputs)
-    batch, sample_shape = x.shape[0], tuple(x.shape[1:])
-    unit_map = check_units(units.to(x.device), sample_shape).reshape(-1)
-    n = int(unit_map.max()) + 1
+    batch = x.shape[0]
+    layout = UnitMap(units.to(x.device), x.shape)
+    n = layout.n
     log_max = math.log(sigma_max)
     if init_sigma is None:
         log_init = torch.full((batch, n), math.log(tau), dtype=x.dtype, device=x.device)
     else:
+        if tuple(init_sigma.shape) == (batch, n) and not layout.shared:  # a unit a sample lacks has no sigma
+            init_sigma = torch.where(layout.present, init_sigma.to(layout.present.device), tau)
         if tuple(init_sigma.shape) != (batch, n):
             raise UsageError(f"init_sigma has shape {tuple(init_sigma.shape)}; expected {(batch, n)} (samples, units)")
         if not bool(torch.isfinite(init_sigma).all() and (init_sigma > 0).all()):
@@ -158,9 +160,11 @@ def converged_discarding(
         with torch.no_grad():
             f0 = forward_in_chunks(f, x, max_batch).reshape(batch, -1)
             sq = torch.zeros(batch, dtype=torch.float64, device=x.device)
+            inside = layout.element_mask()
+            tau_scale = tau if inside is None else tau * inside.to(x.dtype)
             for start in range(0, variance_samples, noise_samples):
                 s = min(noise_samples, variance_samples - start)
-                sq += noisy_distances(f, x, tau, randn((s, *x.shape), gen, x), f0, max_batch).double()
+                sq += noisy_distances(f, x, tau_scale, randn((s, *x.shape), gen, x), f0, max_batch).double()
             df2 = sq / variance_samples
         reasons = invalid_reasons(f0, df2)
         valid = torch.tensor([r is None for r in reasons], device=x.device)
@@ -182,14 +186,14 @@ def converged_discarding(
                 steps_iter = tqdm(steps_iter, desc="information discarding", leave=False)
             weights = 1.0 / (df2v * noise_samples)
             for step in steps_iter:
-                sigma_el = param.exp().index_select(1, unit_map).reshape(bv, *sample_shape)
+                sigma_el = layout.spread(param.exp(), idx)
                 # the feature term's gradient is accumulated on a detached copy of sigma chunk by
                 # chunk, then carried back to log sigma in one step
                 scale = sigma_el.detach().requires_grad_(True)
                 noise = randn((noise_samples, *xv.shape), gen, xv)
                 opt.zero_grad(set_to_none=True)
                 dist = noisy_distances(f, xv, scale, noise, f0v, max_batch, weights=weights) / noise_samples
-                entropy_term = alpha * (param.mean(1) + HALF_LOG_2PIE)
+                entropy_term = alpha * (layout.mean(param, idx) + HALF_LOG_2PIE)
                 torch.autograd.backward([sigma_el, -entropy_term.sum()], [scale.grad, None])
                 loss = dist / df2v - entropy_term.detach()
                 # record the loss of the sigma that produced it, then step
@@ -222,8 +226,8 @@ def converged_discarding(
             log_sigma[bad] = log_init[bad]
         final = torch.where(valid, final, torch.full_like(final, math.inf))
     return DiscardingResult(
-        sigma=log_sigma.exp(),
-        entropy=log_sigma + HALF_LOG_2PIE,
+        sigma=layout.absent_as_nan(log_sigma.exp()),
+        entropy=layout.absent_as_nan(log_sigma + HALF_LOG_2PIE),
         feature_variance=torch.where(torch.isfinite(df2), df2, torch.full_like(df2, math.inf)).to(x.dtype),
         final_loss=final.to(x.dtype),
         converged=converged,

@@ -87,20 +87,30 @@ def knowledge_points(
     *,
     relative: bool = False,
     baseline: Literal["sample", "dataset"] = "sample",
+    present: Tensor | None = None,
 ) -> KnowledgePoints:
     """Knowledge points of each sample from entropies (B, n) and foreground labels (B, n) bool.
 
     ``relative``: the threshold is ``b`` background standard deviations of the
-    sample; ``baseline``: H_bar per sample or averaged over the defined samples."""
+    sample; ``baseline``: H_bar per sample or averaged over the defined samples.
+    ``present`` (B, n) bool: which units each sample has, when samples have
+    different numbers of units (words of sentences); a unit a sample lacks
+    (NaN entropy) is neither foreground nor background and never a point."""
     PointRule(b, relative, baseline)  # validates
     if entropy.dim() != 2 or tuple(foreground.shape) != tuple(entropy.shape):
         raise UsageError(
             f"entropy {tuple(entropy.shape)} and foreground {tuple(foreground.shape)} must both be (B, n_units)"
         )
     foreground = foreground.bool()
-    background = ~foreground
+    if present is None:
+        present = torch.ones_like(foreground)
+    elif tuple(present.shape) != tuple(entropy.shape):
+        raise UsageError(f"present {tuple(present.shape)} must be (B, n_units) like entropy {tuple(entropy.shape)}")
+    present = present.bool().to(entropy.device)
+    foreground = foreground & present
+    background = ~foreground & present
     ok = torch.ones(entropy.shape[0], dtype=torch.bool, device=entropy.device) if valid is None else valid.bool()
-    finite = torch.isfinite(entropy).all(1)
+    finite = (torch.isfinite(entropy) | ~present).all(1)
     has_bg = background.any(1)
     defined = ok & finite & has_bg
     reason: list[str | None] = []
@@ -113,7 +123,7 @@ def knowledge_points(
             reason.append("no background unit: the baseline entropy H_bar is undefined")
         else:
             reason.append(None)
-    safe = torch.where(torch.isfinite(entropy), entropy, torch.zeros_like(entropy))
+    safe = torch.where(torch.isfinite(entropy) & present, entropy, torch.zeros_like(entropy))
     bg_sum = (safe * background).sum(1)
     bg_count = background.sum(1).clamp(min=1)
     own_bar = bg_sum / bg_count
@@ -126,7 +136,7 @@ def knowledge_points(
         threshold = b * spread
     else:
         threshold = torch.full_like(bg_sum, b)
-    is_point = ((h_bar[:, None] - safe) > threshold[:, None]) & defined[:, None]
+    is_point = ((h_bar[:, None] - safe) > threshold[:, None]) & defined[:, None] & present
     return KnowledgePoints(
         h_bar=h_bar,
         threshold=threshold,

@@ -67,7 +67,7 @@ from kdlens.explain.common import (
     noisy_distances,
     randn,
 )
-from kdlens.modalities.units import check_units
+from kdlens.modalities.units import UnitMap
 from kdlens.errors import UsageError
 
 NOISY_COPIES = 96
@@ -129,14 +129,14 @@ def paper_discarding(
     check_count("max_batch", max_batch)
     x = check_inputs(inputs)
     batch, sample_shape = x.shape[0], tuple(x.shape[1:])
-    unit_map = check_units(units.to(x.device), sample_shape).reshape(-1)
-    n = int(unit_map.max()) + 1
+    layout = UnitMap(units.to(x.device), x.shape)
+    n = layout.n
     gen = generator if generator is not None else torch.Generator(x.device).manual_seed(seed)
     f = feature_fn(model, layer)
     low, high = SIGMA_BOUNDS
 
-    def expand(sigma: Tensor) -> Tensor:  # (b, n) -> (b, *sample_shape), nearest upsampling
-        return sigma.index_select(1, unit_map).reshape(sigma.shape[0], *sample_shape)
+    def expand(sigma: Tensor, rows: Tensor | None = None) -> Tensor:  # (b, n) -> (b, *sample_shape)
+        return layout.spread(sigma, rows)
 
     def mse(x: Tensor, scale: Tensor, noise: Tensor, f0: Tensor, weights: Tensor | None = None) -> Tensor:
         """Per sample, the mean over copies and feature elements; with ``weights``
@@ -172,10 +172,10 @@ def paper_discarding(
                 continue
             s = nn.Parameter(sigma[idx].clamp(low, high))
             iterates[step, idx] = s.detach()
-            h = s.log().mean(1) + HALF_LOG_2PIE
+            h = layout.mean(s.log(), idx) + HALF_LOG_2PIE
             # the feature term's gradient accumulates chunk by chunk on a detached copy of the
             # expanded sigma, then is carried back to s together with the entropy term's
-            expanded = expand(s)
+            expanded = expand(s, idx)
             scale = expanded.detach().requires_grad_(True)
             feature_term = mse(x[idx], scale, noise[:, idx], f0[idx], weights=1.0 / df2[idx])
             torch.autograd.backward([expanded, -(weight[idx] * h).sum()], [scale.grad, None])
@@ -198,8 +198,8 @@ def paper_discarding(
     reached = entropy.nan_to_num(-math.inf).amax(0) > ENTROPY_TARGET
     final = torch.where(valid, history[chosen, columns], torch.full_like(history[0], math.inf))
     return DiscardingResult(
-        sigma=kept,
-        entropy=kept.log() + HALF_LOG_2PIE,
+        sigma=layout.absent_as_nan(kept),
+        entropy=layout.absent_as_nan(kept.log() + HALF_LOG_2PIE),
         feature_variance=df2.to(x.dtype),
         final_loss=final.to(x.dtype),
         converged=valid & reached,

@@ -150,3 +150,78 @@ def foreground_units(share: Tensor, rule: float = 0.5) -> Tensor:
     if not 0.0 < rule <= 1.0:
         raise UsageError(f"rule = {rule!r}: expected a number in (0, 1]")
     return share >= rule
+
+
+class UnitMap:
+    """The unit map of a batch, as the estimators use it.
+
+    Either *shared*: one map for every sample (the images' grid, the points of
+    clouds of one size), checked by :func:`check_units`; or *per sample*: a
+    long tensor of the batch's own shape (B, *sample_shape), where sample b's
+    elements carry ids 0 .. n_b - 1 (each used) or -1 for an element that is
+    in no unit and gets no noise (a special token, padding, the attention-mask
+    channel of a text input). ``n`` is the largest n_b; ``present`` (B, n) says
+    which units sample b has. Sigma and entropy are (B, n); a unit a sample
+    does not have has NaN entropy and is neither foreground nor background.
+    """
+
+    def __init__(self, units: Tensor, batch_shape: Sequence[int]) -> None:
+        batch_shape = tuple(batch_shape)
+        batch, sample_shape = batch_shape[0], batch_shape[1:]
+        self.sample_shape = sample_shape
+        self.shared = not (units.dim() == len(batch_shape) and tuple(units.shape) == batch_shape and batch > 1)
+        if self.shared:
+            self.flat = check_units(units, sample_shape).reshape(-1)
+            self.n = num_units(self.flat)
+            self.present = torch.ones(batch, self.n, dtype=torch.bool, device=units.device)
+            return
+        if units.dtype.is_floating_point or units.dtype == torch.bool or units.is_complex():
+            raise WrongTypeError(f"units has dtype {units.dtype}; expected an integer tensor of unit ids")
+        flat = units.reshape(batch, -1).long()
+        if bool((flat < -1).any()):
+            raise UsageError(f"units has id {int(flat.min())}; expected ids >= 0, or -1 for an element in no unit")
+        self.n = int(flat.max()) + 1 if flat.numel() else 0
+        if self.n == 0:
+            raise UsageError("units gives no element a unit; expected every sample to have at least one unit")
+        counts = torch.zeros(batch, self.n + 1, dtype=torch.long, device=flat.device)
+        counts.scatter_add_(1, flat + 1, torch.ones_like(flat))
+        used = counts[:, 1:] > 0
+        sizes = used.sum(1)
+        gaps = used & ~(torch.arange(self.n, device=flat.device)[None, :] < sizes[:, None])
+        if bool((sizes == 0).any()) or bool(gaps.any()):
+            bad = int(((sizes == 0) | gaps.any(1)).nonzero()[0, 0])
+            ids = flat[bad].unique().tolist()
+            shown = ", ".join(map(str, ids[:8])) + (", ..." if len(ids) > 8 else "")
+            raise UsageError(f"units of sample {bad} has ids [{shown}]; expected ids 0..n-1, each used, "
+                             "and -1 for elements in no unit")
+        self.flat = flat
+        self.present = used
+
+    def spread(self, per_unit: Tensor, rows: Tensor | None = None) -> Tensor:
+        """(b, n) per-unit values of the samples ``rows`` (all when None) -> (b, *sample_shape)
+        per element; 0 on elements in no unit."""
+        if self.shared:
+            return per_unit.index_select(1, self.flat).reshape(per_unit.shape[0], *self.sample_shape)
+        flat = self.flat if rows is None else self.flat[rows]
+        inside = flat >= 0
+        values = per_unit.gather(1, flat.clamp(min=0)) * inside
+        return values.reshape(per_unit.shape[0], *self.sample_shape)
+
+    def mean(self, per_unit: Tensor, rows: Tensor | None = None) -> Tensor:
+        """(b,) the mean over each sample's own units of (b, n) values."""
+        if self.shared:
+            return per_unit.mean(1)
+        present = self.present if rows is None else self.present[rows]
+        return (per_unit * present).sum(1) / present.sum(1)
+
+    def element_mask(self) -> Tensor | None:
+        """(B, *sample_shape) 1.0 on elements in a unit, 0.0 elsewhere; None for a shared map (every element)."""
+        if self.shared:
+            return None
+        return (self.flat >= 0).reshape(self.flat.shape[0], *self.sample_shape)
+
+    def absent_as_nan(self, per_unit: Tensor) -> Tensor:
+        """``per_unit`` (B, n) with NaN where a sample does not have the unit."""
+        if self.shared:
+            return per_unit
+        return per_unit.masked_fill(~self.present, float("nan"))
