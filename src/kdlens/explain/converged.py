@@ -175,7 +175,6 @@ def converged_discarding(
         idx = valid.nonzero().squeeze(1)
         if len(idx):
             xv, f0v, df2v = x[idx], f0[idx], df2[idx].to(x.dtype)
-            bv = len(idx)
             param = nn.Parameter(log_init[idx].clone())
             opt = torch.optim.Adam([param], lr=lr)
             log_sum = torch.zeros_like(param, dtype=torch.float64)
