@@ -1,5 +1,6 @@
 """The model zoo: AlexNet, VGG-11/16/19 and ResNet-18/34 for images, PointNet,
-PointNet++ (SSG) and DGCNN for point clouds, as ``NamedLayerModel``s.
+PointNet++ (SSG) and DGCNN for point clouds, and BERT (through Hugging Face
+transformers) for text, as ``NamedLayerModel``s.
 
 Every model has the paper's four named layers ``conv, fc1, fc2, fc3`` (see
 ``kdlens.models.base``). The image models run both on 32x32 and 224x224
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from kdlens.models import alexnet, dgcnn, pointnet, pointnet2, resnet, vgg  # noqa: F401  (registers the families)
+from kdlens.models import alexnet, bert, dgcnn, pointnet, pointnet2, resnet, vgg  # noqa: F401  (registers the families)
 from kdlens.models.base import PAPER_LAYERS, PRE_ACTIVATION, NamedLayerModel, pre_activation_norm
 from kdlens.models.catalog import MODELS
 from kdlens.models.features import capture, stage_end_modules
@@ -32,18 +33,18 @@ __all__ = [
 ]
 
 MIN_IMAGE_SIZE = 16
-IMAGE, POINTS = "image", pointnet.POINTS
+IMAGE, POINTS, TEXT = "image", pointnet.POINTS, bert.TEXT
 
 
 def input_kind(arch: str) -> str:
-    """What a registered model takes: ``"image"`` (``(B, C, H, W)``) or
-    ``"points"`` (``(B, N, C)`` point clouds)."""
+    """What a registered model takes: ``"image"`` (``(B, C, H, W)``),
+    ``"points"`` (``(B, N, C)`` point clouds) or ``"text"`` (``(B, 2, T)`` token ids and word indices)."""
     return getattr(MODELS.get(arch), "input_kind", IMAGE)
 
 
 def _known_models() -> str:
     """The registered names, grouped by the input they take."""
-    groups = {IMAGE: "images", POINTS: "point clouds"}
+    groups = {IMAGE: "images", POINTS: "point clouds", TEXT: "text"}
     parts = []
     for kind, label in groups.items():
         names = [name for name in MODELS.names() if input_kind(name) == kind]
