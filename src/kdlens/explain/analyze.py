@@ -35,11 +35,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass
 from typing import Literal, Optional, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
@@ -51,6 +52,7 @@ from kdlens.explain.knowledge_points import DEFAULT_RULES, PointRule, knowledge_
 from kdlens.explain.mimic import mimic_accuracies
 from kdlens.explain.paper import paper_defaults
 from kdlens.modalities import modality_of
+from kdlens.modalities.units import UnitMap
 from kdlens.errors import CheckpointError, MissingFileError, UnknownNameError, UsageError
 from kdlens.seeding import derive_seed
 from kdlens.store import RunDirectory, atomic_torch_save, atomic_write_json, check_weights, load_checkpoint_file
@@ -142,6 +144,7 @@ class RoleAnalysis:
     phases: list[str] | None = None  # the training phase of each analysed checkpoint
     mimic_accuracy: list[Optional[float]] | None = None  # the student's feature through the teacher's upper layers
     thinned: bool = False  # checkpoints at which the layer changed were left out
+    present: Tensor | None = None  # (N, n_units) bool: which units each sample has (None: all)
 
 
 def analysis_indices(size: int, count: int, seed: int, pool: Optional[Sequence[int]] = None) -> list[int]:
@@ -246,11 +249,13 @@ def analyze_role(
     images = torch.stack([s.image for s in samples])
     masks = torch.stack([s.mask for s in samples])
     modality = modality_of(dataset)
-    units = modality.units(images.shape[1:], settings.grid)
-    foreground = modality.foreground(masks, units, settings.foreground_rule)
-
     model_config = config.resolved_teacher_model if role == "teacher" else config.model
     model = build_network(model_config, config, len(dataset.classes), init=role)
+    with torch.no_grad():
+        shape = modality.analysed(model, images).shape  # the weights change per checkpoint, the shape does not
+    units = modality.batch_units(images, torch.empty(shape, device="meta"), settings.grid)
+    layout = UnitMap(units, shape)
+    foreground = modality.foreground(masks, units, settings.foreground_rule)
     arch = model_config.arch
     model_name = f"{arch} (width {model_config.width:g}, the {role} model of {run.config_path})"
     prefixes = _stage_prefixes(model, settings.layer)
@@ -294,20 +299,27 @@ def analyze_role(
         if todo:
             # Only the stages up to the layer run, and their weights are already in memory.
             model.load_state_dict(layer_states[epoch], strict=False)
+            with torch.no_grad():
+                analysed = modality.analysed(model, images)
             for start in range(0, len(todo), settings.batch_size):
                 chunk = todo[start : start + settings.batch_size]
                 warm = (settings.estimator == "converged" and settings.warm_start
                         and all(i in previous_records for i in chunk))
                 options = settings.engine_options(arch, warm)
+                rows_of_chunk = [position[i] for i in chunk]
+                chunk_units = units if layout.shared else units[rows_of_chunk]
+                own = layout.n if layout.shared else int(chunk_units.max()) + 1  # the chunk's units
                 if warm:
-                    options["init_sigma"] = torch.stack([previous_records[i]["sigma"] for i in chunk])
+                    options["init_sigma"] = torch.stack([previous_records[i]["sigma"][:own] for i in chunk])
                 result = information_discarding(
-                    model, images[[position[i] for i in chunk]], settings.layer, units,
+                    model, analysed[rows_of_chunk], settings.layer, chunk_units,
                     estimator=settings.estimator, seed=derive_seed(settings.seed, role, epoch, chunk[0]), **options,
                 )
+                # every sample's sigma over all the samples' units (NaN for a unit a sample lacks)
+                sigma = nn.functional.pad(result.sigma, (0, layout.n - own), value=math.nan)
                 for k, i in enumerate(chunk):
                     records[i] = {
-                        "sigma": result.sigma[k].clone(), "valid": bool(result.valid[k]),
+                        "sigma": sigma[k].clone(), "valid": bool(result.valid[k]),
                         "converged": bool(result.converged[k]), "reason": result.invalid_reason[k],
                     }
                 cache.save(role, epoch, records)
@@ -326,6 +338,7 @@ def analyze_role(
         entropy=sigma.log() + HALF_LOG_2PIE,
         valid=torch.tensor([[r[i]["valid"] for i in indices] for r in rows]),
         foreground=foreground,
+        present=layout.present,
         distances=torch.tensor([distance_at[e] for e in chosen], dtype=torch.float64),
         test_accuracy=[metrics[e]["test_accuracy"] for e in chosen],
         indices=indices,
@@ -389,7 +402,7 @@ def role_points(analysis: RoleAnalysis, settings: AnalysisSettings) -> list:
     rule = settings.rule(analysis.arch)
     return [
         knowledge_points(analysis.entropy[row], analysis.foreground, rule.threshold, valid=analysis.valid[row],
-                         relative=rule.relative, baseline=rule.baseline)
+                         relative=rule.relative, baseline=rule.baseline, present=analysis.present)
         for row in range(len(analysis.epochs))
     ]
 

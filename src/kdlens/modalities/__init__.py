@@ -11,6 +11,6 @@ assuming a grid over an image.
 from __future__ import annotations
 
 from kdlens.modalities.base import MODALITIES, Modality, modality_of
-from kdlens.modalities import image, points  # noqa: F401  (register "image" and "points")
+from kdlens.modalities import image, points, text  # noqa: F401  (register "image", "points" and "text")
 
 __all__ = ["MODALITIES", "Modality", "modality_of"]

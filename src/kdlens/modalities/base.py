@@ -9,6 +9,10 @@ A modality answers, for a batch of samples of its kind:
   a point, the embedding of a word.
 * ``foreground(masks, units, rule)``: (B, n_units) bool, which units are on
   the object, from the samples' per-element foreground annotation.
+* ``analysed(model, inputs)`` and ``batch_units(inputs, analysed, grid)``:
+  the float tensor the noise goes on (the inputs, or a text model's word
+  embeddings) and the batch's unit map (shared, or one per sample when the
+  samples have different units, as sentences have different words).
 * ``report_inputs(inputs, masks, dataset)`` and ``unit_layout(count, grid,
   n_units)``: what the report draws the knowledge points on (images in [0, 1],
   or clouds) and the shape per-unit values take there ((B, G, G) cells, or
@@ -41,6 +45,17 @@ class Modality:
 
     def foreground(self, masks: Tensor, units: Tensor, rule: float) -> Tensor:
         raise NotImplementedError
+
+    def analysed(self, model: Any, inputs: Tensor) -> Tensor:
+        """The float tensor the noise goes on, for a batch of the dataset's inputs:
+        the inputs themselves, unless the kind's inputs are not continuous (text:
+        the model's word-piece embeddings)."""
+        return inputs
+
+    def batch_units(self, inputs: Tensor, analysed: Tensor, grid: int) -> Tensor:
+        """The unit map of a batch: one shared map (:meth:`units`) unless the kind's
+        units differ per sample (the words of sentences: a (B, *analysed) map)."""
+        return self.units(analysed.shape[1:], grid)
 
     def report_inputs(self, inputs: Tensor, masks: Tensor, dataset: Any) -> dict[str, Tensor]:
         raise NotImplementedError

@@ -169,7 +169,9 @@ class UnitMap:
         batch_shape = tuple(batch_shape)
         batch, sample_shape = batch_shape[0], batch_shape[1:]
         self.sample_shape = sample_shape
-        self.shared = not (units.dim() == len(batch_shape) and tuple(units.shape) == batch_shape and batch > 1)
+        own = units.dim() == len(batch_shape) and tuple(units.shape) == batch_shape
+        # one sample's own map is per sample when it has elements in no unit
+        self.shared = not (own and (batch > 1 or bool((units < 0).any())))
         if self.shared:
             self.flat = check_units(units, sample_shape).reshape(-1)
             self.n = num_units(self.flat)
