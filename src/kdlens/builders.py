@@ -58,9 +58,10 @@ def student_split(config: ExperimentConfig, full_train: Dataset, fraction: Optio
 def build_network(model: ModelConfig, config: ExperimentConfig, num_classes: int, init: str) -> NamedLayerModel:
     """A model with initial weights drawn from ``(seed, init)``."""
     torch.manual_seed(derive_seed(config.seed, "init", init))
+    sizes = config.data.model_options() if hasattr(config.data, "model_options") else {}
     network = build_model(
         model.arch, num_classes=num_classes, image_size=getattr(config.data, "image_size", None),
-        width=model.width, dropout=model.dropout,
+        width=model.width, dropout=model.dropout, **{**sizes, **model.options},
     )
     if model.linear_init == "pytorch":
         for module in network.modules():

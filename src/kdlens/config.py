@@ -99,11 +99,31 @@ def check_models_take_data(data: Any, models: dict[str, Optional["ModelConfig"]]
                              f"data.name = {data.name!r} holds {kind}; expected a model for {kind}")
 
 
+# the named layers of the text models (kdlens.models.bert): embeddings, layer1 .. layerL, pooler, classifier
+TEXT_LAYER = re.compile(r"embeddings|layer[1-9][0-9]*|pooler|classifier")
+
+
 def paper_layer(layer: str) -> str:
-    """``layer`` if the models have it, else a ValueError naming it."""
-    if layer not in PAPER_LAYERS:
-        raise ValueError(f"the models have no layer {layer!r}; expected one of {', '.join(PAPER_LAYERS)}")
+    """``layer`` if some model family has it (the image and point models' conv / fc1 /
+    fc2 / fc3, or a text model's layers), else a ValueError naming it; whether the
+    configured models have it is checked with the data (:func:`check_layers_fit_data`)."""
+    if layer not in PAPER_LAYERS and not TEXT_LAYER.fullmatch(layer):
+        raise ValueError(f"the models have no layer {layer!r}; expected one of {', '.join(PAPER_LAYERS)} "
+                         "(images, point clouds) or embeddings, layer1 .. layerL, pooler, classifier (text)")
     return layer
+
+
+def check_layers_fit_data(data: Any, layers: dict[str, Optional[str]]) -> None:
+    """A ValueError unless each named layer is one of the models for ``data``'s kind."""
+    text = getattr(data, "modality", "image") == "text"
+    for key, layer in layers.items():
+        if layer is None:
+            continue
+        if text and not TEXT_LAYER.fullmatch(layer):
+            raise ValueError(f"{key} = {layer!r}: the text models' layers are embeddings, layer1 .. layerL, "
+                             "pooler and classifier (the paper measures the last hidden layer, layerL)")
+        if not text and layer not in PAPER_LAYERS:
+            raise ValueError(f"{key} = {layer!r}: expected one of {', '.join(PAPER_LAYERS)} for {data.name!r} data")
 
 
 class Strict(BaseModel):
@@ -242,7 +262,64 @@ class ModelNetData(_PointData):
         return {**super().dataset_options(split, seed), "root": self.path, "layout": self.layout}
 
 
-DataConfig = Annotated[Union[SyntheticData, CubData, FolderData, PointShapesData, ModelNetData],
+class _TextData(DataCommon):
+    """Sentences whose units are words (the paper's SST-2 with BERT, Sec. 4.1):
+    each padded to ``max_tokens`` word pieces; the tokenizer is trained on the
+    training sentences unless ``tokenizer`` names a local directory (a
+    pretrained BERT's ``vocab.txt`` or a ``tokenizer.json``)."""
+
+    modality: ClassVar[str] = "text"
+    max_tokens: int = Field(32, ge=4, description="word pieces per sentence, [CLS] and [SEP] included")
+    vocab_size: int = Field(900, ge=16, description="size of the WordPiece vocabulary trained on the data")
+    tokenizer: Optional[Path] = Field(None, description="a local tokenizer directory instead of training one")
+
+    def dataset_options(self, split: str, seed: int) -> dict[str, Any]:
+        from kdlens.data.text_encoding import load_tokenizer
+
+        tokenizer = None if self.tokenizer is None else load_tokenizer(self.tokenizer)
+        return dict(max_tokens=self.max_tokens, vocab_size=self.vocab_size, tokenizer=tokenizer)
+
+    def model_options(self) -> dict[str, Any]:
+        """What a text model must be sized for: the vocabulary (the given tokenizer's,
+        or the one trained, at most ``vocab_size``) and the sentence length."""
+        vocab = self.vocab_size
+        if self.tokenizer is not None:
+            from kdlens.data.text_encoding import load_tokenizer
+
+            vocab = load_tokenizer(self.tokenizer).get_vocab_size()
+        return {"vocab_size": vocab, "max_tokens": self.max_tokens}
+
+
+class SentencesData(_TextData):
+    name: Literal["sentences"]
+    train_size: int = Field(4000, ge=1)
+    test_size: int = Field(1000, ge=1)
+    cue: Literal["sentiment", "filler"] = Field(
+        "sentiment", description="sentiment: the planted sentiment words tell the label; filler: a neutral "
+        "word tied to the label does, and the sentiment words' polarity is random")
+
+    def dataset_options(self, split: str, seed: int) -> dict[str, Any]:
+        return {**super().dataset_options(split, seed), "seed": seed, "cue": self.cue,
+                "num_samples": self.train_size if split == "train" else self.test_size}
+
+
+class SST2Data(_TextData):
+    name: Literal["sst2"]
+    path: Path
+    max_tokens: int = Field(64, ge=4, description="word pieces per sentence, [CLS] and [SEP] included")
+    vocab_size: int = Field(8000, ge=16, description="size of the WordPiece vocabulary trained on the data")
+    lexicon_threshold: float = Field(1.0, gt=0.0, description="|VADER valence| that makes a word foreground")
+
+    _root = field_validator("path")(classmethod(lambda cls, path: dataset_root(path)))
+
+    def dataset_options(self, split: str, seed: int) -> dict[str, Any]:
+        # GLUE's test.tsv has no labels: the dev split is the test set
+        return {**super().dataset_options(split, seed), "root": self.path,
+                "split": "train" if split == "train" else "dev", "lexicon_threshold": self.lexicon_threshold}
+
+
+DataConfig = Annotated[Union[SyntheticData, CubData, FolderData, PointShapesData, ModelNetData, SentencesData,
+                             SST2Data],
                        Field(discriminator="name")]
 
 
@@ -250,6 +327,9 @@ class ModelConfig(Strict):
     arch: str = "vgg11"
     width: float = Field(1.0, gt=0.0)
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="the family's own options, e.g. bert's {hidden: 64, layers: 2, heads: 2} "
+        "or {pretrained: DIR}, VGG's {batch_norm: false}")
     linear_init: Literal["normal", "pytorch"] = Field(
         "normal",
         description="normal: N(0, 0.01) as torchvision's VGG (the knowledge-points paper); pytorch: "
@@ -393,6 +473,9 @@ class ExperimentConfig(Strict):
     @model_validator(mode="after")
     def _models_take_the_data(self) -> "ExperimentConfig":
         check_models_take_data(self.data, {"model": self.model, "teacher_model": self.teacher_model})
+        check_layers_fit_data(self.data, {"student.layer": self.student.layer,
+                                          **{f"analysis.layers[{k}]": layer
+                                             for k, layer in enumerate(self.analysis.layers or [])}})
         return self
 
     @property
@@ -404,7 +487,8 @@ class ExperimentConfig(Strict):
 
 
 _DATA_VARIANTS = {"synthetic": SyntheticData, "cub": CubData, "folder": FolderData,
-                  "point_shapes": PointShapesData, "modelnet40": ModelNetData}
+                  "point_shapes": PointShapesData, "modelnet40": ModelNetData, "sentences": SentencesData,
+                  "sst2": SST2Data}
 
 
 def _key_parts(loc: tuple) -> list:

@@ -4,7 +4,9 @@
 name: "synthetic" (default, no download), "cub", "folder", and the point-cloud
 datasets "point_shapes" (no download) and "modelnet40". Point-cloud samples
 reuse ``Sample``: ``image`` is the cloud, float32 (N, 3), and ``mask`` is bool
-(N,), True on the object's points.
+(N,), True on the object's points. Text datasets, "sentences" (no download)
+and "sst2", give ``image`` as (2, T) long, token ids and word indices, and
+``mask`` (T,) bool, True on the pieces of foreground words.
 """
 
 from __future__ import annotations
@@ -16,11 +18,15 @@ from kdlens.data.folder import MaskedImageFolder
 from kdlens.data.modelnet import ModelNet40
 from kdlens.data.point_background import attach_background, to_unit_sphere
 from kdlens.data.point_shapes import PointShapes
+from kdlens.data.sentences import SyntheticSentences
+from kdlens.data.sst2 import SST2
 from kdlens.data.synthetic import SyntheticShapes
+from kdlens.data.text_dataset import TextDataset
 
 
 __all__ = [
     "Sample", "MaskedDataset", "fraction_subset", "fraction_indices", "normalize", "denormalize",
     "SyntheticShapes", "CubDataset", "MaskedImageFolder", "DATASETS",
     "PointShapes", "ModelNet40", "attach_background", "to_unit_sphere",
+    "TextDataset", "SyntheticSentences", "SST2",
 ]

@@ -34,8 +34,9 @@ from __future__ import annotations
 
 import numbers
 from pathlib import Path
-from typing import Iterable, Iterator, NamedTuple, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
+import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from torch import Tensor
@@ -68,7 +69,8 @@ class Encoded(NamedTuple):
     kept: Tensor
 
 
-def _is_integer(value: object) -> bool:
+def is_integer(value: object) -> bool:
+    """An int (numpy's too), not a bool."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
@@ -101,35 +103,57 @@ def _bert_pipeline(tokenizer: Tokenizer) -> Tokenizer:
     return tokenizer
 
 
-def _checked_sentences(corpus: Iterable[list[str]], seen: list[int]) -> Iterator[list[str]]:
-    """The corpus, each sentence checked to be a list of strings; counts them in ``seen[0]``."""
+def _checked_sentences(corpus: Iterable[list[str]]) -> list[list[str]]:
+    """The corpus as a list, each sentence checked to be a list of strings."""
+    sentences = []
     for number, sentence in enumerate(corpus):
         if isinstance(sentence, str) or not all(isinstance(word, str) for word in sentence):
             raise UsageError(f"corpus sentence {number} is {sentence!r:.60}; expected a list of words (strings)")
-        seen[0] += 1
-        yield list(sentence)
+        sentences.append(list(sentence))
+    if not sentences:
+        raise UsageError("corpus is empty; expected at least one sentence to train a WordPiece vocabulary on")
+    return sentences
+
+
+def _continuation_alphabet(sentences: list[list[str]]) -> list[str]:
+    """Every "##c" piece the trainer will start from, sorted: each character that
+    follows another inside a pre-tokenized, normalised word of the corpus."""
+    normalizer, pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    characters: set[str] = set()
+    for word in {word for words in sentences for word in words}:
+        for piece, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(word)):
+            characters.update(piece[1:])
+    return ["##" + character for character in sorted(characters)]
 
 
 def train_wordpiece(corpus: Iterable[list[str]], vocab_size: int) -> Tokenizer:
     """A lower-casing WordPiece tokenizer trained on ``corpus``, sentences given as lists of words.
 
     Special tokens [PAD] [UNK] [CLS] [SEP] [MASK] get ids 0 to 4. The
-    vocabulary always holds every character of the corpus (alone and as a
-    "##" piece), so a ``vocab_size`` below that comes out larger, and one above
-    what the corpus can fill (every word whole) comes out smaller: read the
-    size back with ``get_vocab_size()``. Training is deterministic: the same
-    corpus and ``vocab_size`` give the same vocabulary."""
-    if not (_is_integer(vocab_size) and vocab_size > len(SPECIAL_TOKENS)):
+    vocabulary always holds every character of the corpus (alone and, when it
+    follows another inside a word, as a "##" piece), so a ``vocab_size`` below
+    that comes out larger, and one above what the corpus can fill (every word
+    whole) comes out smaller: read the size back with ``get_vocab_size()``.
+
+    Deterministic: the same corpus and ``vocab_size`` give the same vocabulary
+    with the same ids, in any process. (tokenizers' trainer numbers the "##"
+    characters in hash-map order, which changes from one process to the next
+    and, through tie-breaking, which merges win; here they are handed to it
+    first, in sorted order, and the vocabulary is then rebuilt so that only
+    the five tokens above are special.)"""
+    if not (is_integer(vocab_size) and vocab_size > len(SPECIAL_TOKENS)):
         raise UsageError(f"vocab_size = {vocab_size!r}: expected an integer > {len(SPECIAL_TOKENS)}")
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=int(vocab_size), special_tokens=list(SPECIAL_TOKENS),
-                                        show_progress=False)
-    seen = [0]
-    tokenizer.train_from_iterator(_checked_sentences(corpus, seen), trainer)  # a list of words is a batch
-    if seen[0] == 0:
-        raise UsageError("corpus is empty; expected at least one sentence to train a WordPiece vocabulary on")
+    sentences = _checked_sentences(corpus)
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=int(vocab_size), show_progress=False,
+        special_tokens=list(SPECIAL_TOKENS) + _continuation_alphabet(sentences),  # fixed ids, in this order
+    )
+    trained = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    trained.normalizer = normalizers.BertNormalizer(lowercase=True)
+    trained.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trained.train_from_iterator(sentences, trainer)  # each list of words is a batch of pre-split sequences
+    tokenizer = Tokenizer(models.WordPiece(trained.get_vocab(with_added_tokens=False), unk_token="[UNK]"))
+    tokenizer.add_special_tokens(list(SPECIAL_TOKENS))
     return _bert_pipeline(tokenizer)
 
 
@@ -181,7 +205,7 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
 
 
 def _check_encoding_arguments(tokenizer: Tokenizer, max_tokens: int) -> SpecialIds:
-    if not (_is_integer(max_tokens) and max_tokens >= 3):
+    if not (is_integer(max_tokens) and max_tokens >= 3):
         raise UsageError(f"max_tokens = {max_tokens!r}: expected an integer >= 3 ([CLS], a piece, [SEP])")
     if not isinstance(tokenizer, Tokenizer):
         raise UsageError(f"tokenizer is a {type(tokenizer).__name__}; expected a tokenizers.Tokenizer "
@@ -198,17 +222,22 @@ def _check_words(words: Sequence[str], where: str) -> list[str]:
     return list(words)
 
 
-def _lay_out(ids: Sequence[int], word_ids: Sequence[int | None], num_words: int, special: SpecialIds,
-             max_tokens: int) -> tuple[list[int], list[int], int]:
-    """Token ids and word indices of one sentence in the (2, max_tokens) layout, and the words kept."""
+def _pieces_by_word(ids: Sequence[int], word_ids: Sequence[int | None], num_words: int,
+                    special: SpecialIds) -> list[list[int]]:
+    """The token ids of each word, from an encoding's ``ids`` and ``word_ids``;
+    [UNK] for a word without pieces."""
     pieces: list[list[int]] = [[] for _ in range(num_words)]
     for token, word in zip(ids, word_ids):
         if word is not None:  # None: a pad or special token the tokenizer itself added
             pieces[word].append(token)
+    return [word_pieces or [special.unk] for word_pieces in pieces]
+
+
+def _lay_out(pieces: Sequence[list[int]], special: SpecialIds, max_tokens: int) -> tuple[list[int], list[int], int]:
+    """Token ids and word indices of one sentence in the (2, max_tokens) layout, and the words kept."""
     token_row, word_row = [special.cls], [NOT_A_WORD]
     kept = 0
     for word, word_pieces in enumerate(pieces):
-        word_pieces = word_pieces or [special.unk]
         if len(token_row) + len(word_pieces) > max_tokens - 1:  # keep room for [SEP]
             break
         token_row.extend(word_pieces)
@@ -227,7 +256,8 @@ def encode_words(tokenizer: Tokenizer, words: list[str], max_tokens: int) -> tup
     special = _check_encoding_arguments(tokenizer, max_tokens)
     words = _check_words(words, "words")
     encoding = tokenizer.encode(words, is_pretokenized=True, add_special_tokens=False)
-    token_row, word_row, kept = _lay_out(encoding.ids, encoding.word_ids, len(words), special, max_tokens)
+    pieces = _pieces_by_word(encoding.ids, encoding.word_ids, len(words), special)
+    token_row, word_row, kept = _lay_out(pieces, special, max_tokens)
     return torch.tensor([token_row, word_row], dtype=torch.long), kept
 
 
@@ -241,9 +271,10 @@ def word_mask(encoded: Tensor, foreground: Sequence[bool]) -> Tensor:
 
 def encode_sentences(tokenizer: Tokenizer, sentences: Sequence[list[str]], foreground: Sequence[Sequence[bool]],
                      max_tokens: int) -> Encoded:
-    """Many sentences at once (tokenized in one batch) with their foreground
-    masks; ``foreground[s][w]`` says whether word ``w`` of sentence ``s`` is
-    foreground. Same layout and truncation as :func:`encode_words`."""
+    """Many sentences at once with their foreground masks; ``foreground[s][w]``
+    says whether word ``w`` of sentence ``s`` is foreground. The same tensors as
+    :func:`encode_words` and :func:`word_mask` sentence by sentence, faster:
+    each distinct word is tokenized once, in one batch."""
     special = _check_encoding_arguments(tokenizer, max_tokens)
     if len(foreground) != len(sentences):
         raise UsageError(f"foreground has {len(foreground)} entries for {len(sentences)} sentences; "
@@ -253,12 +284,20 @@ def encode_sentences(tokenizer: Tokenizer, sentences: Sequence[list[str]], foreg
         if len(flags) != len(words):
             raise UsageError(f"foreground of sentence {s} has {len(flags)} flags for {len(words)} words; "
                              "expected one flag a word")
-    encodings = tokenizer.encode_batch(sentences, is_pretokenized=True, add_special_tokens=False)
-    tokens = torch.empty((len(sentences), 2, max_tokens), dtype=torch.long)
-    masks = torch.zeros((len(sentences), max_tokens), dtype=torch.bool)
-    kept = torch.empty(len(sentences), dtype=torch.long)
-    for s, (words, flags, encoding) in enumerate(zip(sentences, foreground, encodings)):
-        token_row, word_row, kept[s] = _lay_out(encoding.ids, encoding.word_ids, len(words), special, max_tokens)
-        tokens[s] = torch.tensor([token_row, word_row], dtype=torch.long)
-        masks[s] = word_mask(tokens[s], flags)
-    return Encoded(tokens, masks, kept)
+    # tokenizers encodes each word of a pre-tokenized sentence on its own, so
+    # encoding every distinct word once gives the same pieces, several times faster
+    distinct = list(dict.fromkeys(word for words in sentences for word in words))
+    encodings = tokenizer.encode_batch([[word] for word in distinct], is_pretokenized=True, add_special_tokens=False)
+    pieces_of = {word: _pieces_by_word(encoding.ids, encoding.word_ids, 1, special)[0]
+                 for word, encoding in zip(distinct, encodings)}
+    rows = [_lay_out([pieces_of[word] for word in words], special, max_tokens) for words in sentences]
+    token_rows = np.array([row[0] for row in rows], dtype=np.int64).reshape(len(rows), max_tokens)
+    word_rows = np.array([row[1] for row in rows], dtype=np.int64).reshape(len(rows), max_tokens)
+    # flags[s, w] for every word, then one False column that word index -1 reads
+    width = max((len(words) for words in sentences), default=0) + 1
+    flags = np.zeros((len(rows), width), dtype=bool)
+    for s, sentence_flags in enumerate(foreground):
+        flags[s, :len(sentence_flags)] = [bool(flag) for flag in sentence_flags]
+    masks = np.take_along_axis(flags, word_rows % width, axis=1)
+    return Encoded(torch.from_numpy(np.stack([token_rows, word_rows], axis=1)), torch.from_numpy(masks),
+                   torch.tensor([row[2] for row in rows], dtype=torch.long))
