@@ -175,8 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--split", default="train", choices=["train", "test"],
                       help="where the analysed samples come from (the paper used training images)")
     demo.add_argument("--estimator", help="converged, paper, or both comma-separated (default: converged,paper)")
-    demo.add_argument("--modality", default="image", choices=["image", "points"],
-                      help="image: VGG-11 on synthetic shapes (default); points: PointNet on synthetic point clouds")
+    demo.add_argument("--modality", default="image", choices=["image", "points", "text"],
+                      help="image: VGG-11 on synthetic shapes (default); points: PointNet on synthetic point clouds; "
+                      "text: BERT on synthetic sentences")
     demo.add_argument("--print-config", action="store_true",
                       help="print the demo's config (with --quick: the quick one) and exit; a start for your own")
     demo.add_argument("--quiet", action="store_true", help="no progress output")

@@ -345,18 +345,21 @@ class ModelConfig(Strict):
 
 
 class OptimConfig(Strict):
-    """SGD (the paper trains with SGD, batch 64) or Adam (PointNet's reference
-    recipe), with a learning-rate schedule."""
+    """SGD (the paper trains with SGD, batch 64), Adam (PointNet's reference
+    recipe) or AdamW (BERT's), with a learning-rate schedule and an optional warm-up."""
 
     epochs: int = Field(10, ge=0)
     batch_size: int = Field(64, ge=1)
-    optimizer: Literal["sgd", "adam"] = "sgd"
+    optimizer: Literal["sgd", "adam", "adamw"] = Field(
+        "sgd", description="sgd (the paper's), adam (PointNet's reference recipe) or adamw (transformers')")
     lr: float = Field(0.05, gt=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD's momentum (Adam keeps its betas 0.9, 0.999)")
     weight_decay: float = Field(5e-4, ge=0.0)
     schedule: Literal["cosine", "step", "constant"] = "cosine"
     step_size: int = Field(10, ge=1, description="epochs between decays for schedule=step")
     gamma: float = Field(0.1, gt=0.0, le=1.0, description="decay factor for schedule=step")
+    warmup_epochs: int = Field(0, ge=0, description="epochs of linear learning-rate warm-up before the schedule "
+                               "(transformers train with one)")
 
 
 class StudentConfig(Strict):

@@ -29,7 +29,7 @@ from kdlens.train import train_roles
 # Each demo's config is one file shipped with the package (``kdlens demo
 # [--modality points] --print-config`` shows it); --quick changes only what
 # makes it small.
-DEMO_CONFIGS = {"image": "demo.yaml", "points": "demo-points.yaml"}
+DEMO_CONFIGS = {"image": "demo.yaml", "points": "demo-points.yaml", "text": "demo-text.yaml"}
 QUICK_CHANGES = {
     "image": {
         "data": {"num_classes": 4, "train_size": 2000, "test_size": 400, "student_fraction": 0.25},
@@ -47,8 +47,16 @@ QUICK_CHANGES = {
         "student": {"distill": {"epochs": 2}, "classify": {"epochs": 2}},
         "analysis": {"samples": 4, "max_epochs": 3},
     },
+    "text": {
+        "data": {"train_size": 800, "test_size": 200, "student_fraction": 0.25},
+        "teacher": {"epochs": 3},
+        "baseline": {"epochs": 4},
+        "student": {"distill": {"epochs": 2}, "classify": {"epochs": 2}},
+        "analysis": {"estimators": ["converged"], "samples": 4, "max_epochs": 3},
+    },
 }
-TITLES = {"image": "VGG-11 on synthetic shapes", "points": "PointNet on synthetic point clouds"}
+TITLES = {"image": "VGG-11 on synthetic shapes", "points": "PointNet on synthetic point clouds",
+          "text": "BERT on synthetic sentences"}
 
 
 def _merged(base: dict, changes: dict) -> dict:

@@ -85,12 +85,16 @@ WEIGHT_GROWTH = 1.5
 # entropy term's pull on a unit's sigma is lambda / (n sigma) for n units, and
 # a cloud of the built-in demo has about as many units (253 points) as the
 # paper's 16 x 16 grid (256 cells), so the recipe moves sigma at the same pace.
+# BERT: b = 0.2 (Sec. 4.1); lambda is ours again, 7 x 12 / 256 = 0.33: a sentence
+# has about 12 words, not 256 cells, and this keeps the pull per unit that of
+# the images' recipe.
 _FAMILY_DEFAULTS = {
     "vgg": (7.0, 0.2), "alexnet": (7.0, 0.25), "resnet": (6.0, 0.2),
     "pointnet2": (7.0, 0.25), "pointnet": (7.0, 0.5), "dgcnn": (7.0, 0.25),  # pointnet2 before its prefix
+    "bert": (0.33, 0.2),
 }
 # the families whose lambda the authors did not publish (see above)
-LAMBDA_NOT_PUBLISHED = ("pointnet2", "pointnet", "dgcnn")
+LAMBDA_NOT_PUBLISHED = ("pointnet2", "pointnet", "dgcnn", "bert")
 
 
 def paper_defaults(arch: str) -> tuple[float, float]:

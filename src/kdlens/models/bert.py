@@ -10,7 +10,9 @@ index (-1 for special tokens and padding; the model does not read it). Or,
 for the knowledge-point measurement, the *embedded* batch ``(B, T, H + 1)``
 float that :meth:`BertClassifier.embed_words` returns: the word-piece
 embeddings (the output of ``word_embeddings``, where the noise goes, never
-on token ids) with the attention mask as one more channel. The embedding
+on token ids) divided by the embedding table's root mean square (so that a
+noise scale sigma is in the same units for every model and checkpoint, as
+for normalised images), with the attention mask as one more channel. The embedding
 stage then adds the position and token-type embeddings and normalises, as
 BERT's own ``inputs_embeds`` path does, so both inputs give the same output.
 
@@ -69,10 +71,13 @@ class _Embed(nn.Module):
         self.pad_id = pad_id
 
     def forward(self, x: Tensor) -> Tensor:
-        if not x.is_floating_point():
-            x = embed_tokens(self.embeddings.word_embeddings, x, self.pad_id)
-        words, mask = _hidden(x)
-        return _with_mask(self.embeddings(inputs_embeds=words), mask)
+        if x.is_floating_point():  # embed_words' output: scaled word-piece embeddings
+            words, mask = _hidden(x)
+            words = words * embedding_scale(self.embeddings.word_embeddings)
+        else:
+            ids = _token_ids(x)
+            words, mask = self.embeddings.word_embeddings(ids), (ids != self.pad_id).float()
+        return _with_mask(self.embeddings(inputs_embeds=words), mask.to(words.dtype))
 
 
 class _Layer(nn.Module):
@@ -100,14 +105,28 @@ class _Pool(nn.Module):
         return self.pooler(_hidden(x)[0])
 
 
-def embed_tokens(word_embeddings: nn.Embedding, inputs: Tensor, pad_id: int) -> Tensor:
-    """(B, 2, T) token ids and word indices -> (B, T, H + 1): the ids' word-piece
-    embeddings and the attention mask (1 on every token that is not padding)."""
+def _token_ids(inputs: Tensor) -> Tensor:
     if inputs.dim() != 3 or inputs.shape[1] != 2:
         raise UsageError(f"a text batch has shape {tuple(inputs.shape)}; expected (B, 2, T): token ids and word indices")
-    ids = inputs[:, 0]
+    return inputs[:, 0]
+
+
+def embedding_scale(word_embeddings: nn.Embedding) -> Tensor:
+    """The root mean square of the word-embedding table: the unit of the measured
+    input, as a normalised pixel's standard deviation is for images. BERT starts
+    its embeddings at N(0, 0.02^2) and training changes their size; in these units
+    a noise scale means the same for every model and checkpoint."""
+    return word_embeddings.weight.detach().pow(2).mean().sqrt()
+
+
+def embed_tokens(word_embeddings: nn.Embedding, inputs: Tensor, pad_id: int) -> Tensor:
+    """(B, 2, T) token ids and word indices -> (B, T, H + 1): the ids' word-piece
+    embeddings in units of :func:`embedding_scale`, and the attention mask (1 on
+    every token that is not padding)."""
+    ids = _token_ids(inputs)
     mask = (ids != pad_id).to(word_embeddings.weight.dtype)
-    return torch.cat([word_embeddings(ids), mask[..., None]], dim=-1)
+    words = word_embeddings(ids) / embedding_scale(word_embeddings)
+    return torch.cat([words, mask[..., None]], dim=-1)
 
 
 class BertClassifier(NamedLayerModel):
