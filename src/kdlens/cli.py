@@ -60,7 +60,8 @@ def _analyze(args: argparse.Namespace) -> int:
         if value is not None and value < least:
             raise UsageError(f"{option} {value}: expected an integer >= {least}")
     # analyze_run refuses a run without checkpoints, so there is a summary to print below
-    settings = AnalysisSettings(layer=args.layer, estimator=args.estimator, grid=args.grid, threshold=args.threshold,
+    layer = args.layer or load_config(run.config_path).student.layer
+    settings = AnalysisSettings(layer=layer, estimator=args.estimator, grid=args.grid, threshold=args.threshold,
                                 baseline=args.baseline, steps=args.steps, entropy_weight=args.entropy_weight)
     analyses = analyze_run(run, settings, args.samples, split=args.split, max_epochs=args.max_epochs,
                            progress=not args.quiet)
@@ -72,7 +73,7 @@ def _analyze(args: argparse.Namespace) -> int:
     atomic_write_json(out, summaries)
     keys = ("n_fg", "n_bg", "lambda", "d_mean", "d_var", "rho", "accuracy")
     units = modality_of(load_config(run.config_path).data).describe_units(args.grid)
-    print(f"layer {args.layer}, estimator {args.estimator}, {args.samples} {args.split} samples, "
+    print(f"layer {layer}, estimator {args.estimator}, {args.samples} {args.split} samples, "
           f"{units}, b = {b}, H_bar per {args.baseline}")
     print(f"{'':9s}" + "".join(f"{k:>10s}" for k in keys))
     for role, summary in summaries.items():
@@ -141,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     analyze = commands.add_parser("analyze", help="knowledge points of every checkpoint of a run (cached, resumable)")
     analyze.add_argument("run", help="run directory made by `kdlens train`")
-    analyze.add_argument("--layer", default="fc1", help="named layer to measure (default fc1)")
+    analyze.add_argument("--layer", help="named layer to measure (default: the layer the student is distilled at, "
+                         "fc1 in the image and point demos, the last hidden layer for text)")
     analyze.add_argument("--samples", type=int, default=16, help="number of fixed samples (default 16)")
     analyze.add_argument("--split", default="train", choices=["train", "test"],
                          help="where the samples come from (the paper used training images)")

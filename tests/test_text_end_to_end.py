@@ -1,0 +1,54 @@
+"""Text through the whole house: a config of sentences and a BERT trains the
+three roles, and the analysis measures knowledge points with one unit per
+word, sentences of different lengths in one batch (tiny sizes; the numbers
+mean nothing here)."""
+
+import json
+
+import pytest
+import yaml
+
+from kdlens.cli import main
+from kdlens.config import ConfigError, parse_config
+
+TINY = {
+    "device": "cpu",
+    "data": {"name": "sentences", "train_size": 40, "test_size": 12, "max_tokens": 32, "student_fraction": 0.5},
+    "model": {"arch": "bert", "dropout": 0.1, "options": {"hidden": 16, "layers": 2, "heads": 2}},
+    "teacher": {"epochs": 1, "batch_size": 10, "optimizer": "adamw", "lr": 0.001, "warmup_epochs": 1},
+    "baseline": {"epochs": 1, "batch_size": 10, "optimizer": "adamw", "lr": 0.001},
+    "student": {"layer": "layer2", "distill": {"epochs": 1, "batch_size": 10, "optimizer": "adamw", "lr": 0.001},
+                "classify": {"epochs": 1, "batch_size": 10, "optimizer": "adamw", "lr": 0.001}},
+}
+
+
+def test_sentences_train_and_analyse_with_both_estimators(tmp_path, capsys):
+    config = tmp_path / "text.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--out", str(out), "--quiet"]) == 0
+    assert main(["analyze", str(out), "--samples", "3", "--steps", "4", "--quiet"]) == 0  # the distilled layer
+    assert "one unit per word" in capsys.readouterr().out
+    summary = json.loads(next((out / "analysis").glob("layer2-*/summary-*.json")).read_text())
+    for role in ("teacher", "random", "student", "baseline"):
+        counts = summary[role]["per_sample"]
+        assert all(fg + bg <= 14 for fg, bg in zip(counts["n_fg"], counts["n_bg"]) if fg is not None)
+    # the paper's recipe with b = 0.2 (Sec. 4.1, BERT)
+    assert main(["analyze", str(out), "--layer", "layer2", "--samples", "2", "--estimator", "paper", "--quiet"]) == 0
+    summary = json.loads(next((out / "analysis").glob("layer2-*/summary-b0.2-*.json")).read_text())
+    assert summary["teacher"]["rule"]["threshold"] == 0.2
+    assert summary["teacher"]["per_sample"]["n_fg"][0] is not None
+
+
+@pytest.mark.parametrize("changes,expected", [
+    ({"model": {"arch": "vgg11"}}, "model.arch = 'vgg11' takes image input"),
+    ({"student": {"layer": "fc1"}}, "student.layer = 'fc1': the text models' layers are embeddings"),
+])
+def test_text_configs_name_text_models_and_their_layers(changes, expected):
+    with pytest.raises(ConfigError, match=expected):
+        parse_config({**TINY, **changes})
+
+
+def test_an_image_config_refuses_a_text_layer():
+    with pytest.raises(ConfigError, match="student.layer = 'layer2': expected one of conv, fc1, fc2, fc3"):
+        parse_config({"student": {"layer": "layer2"}})
