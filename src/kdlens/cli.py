@@ -188,9 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser(
         "validate", help="check the knowledge-point measurement on planted knowledge (object vs background cue)")
     validate.add_argument("--out", required=True, help="output directory; trained networks in it are reused")
-    validate.add_argument("--modality", choices=["image", "points"], default="image",
-                          help="images (a VGG-11 on synthetic shapes, default) or point clouds (a PointNet on "
-                               "synthetic point clouds, the background clouds' family as the planted cue)")
+    validate.add_argument("--modality", choices=["image", "points", "text"], default="image",
+                          help="images (a VGG-11 on synthetic shapes, default), point clouds (a PointNet on "
+                               "synthetic point clouds, the background clouds' family as the planted cue) or text "
+                               "(a BERT on synthetic sentences, a neutral filler word as the planted cue)")
     validate.add_argument("--quick", action="store_true",
                           help="a smaller version (on 2 cores about a minute for images, three for point clouds)")
     validate.add_argument("--quiet", action="store_true", help="no progress output")

@@ -96,15 +96,18 @@ from torch import Tensor, nn
 
 from kdlens.config import OptimConfig
 from kdlens.data.point_shapes import PointShapes
+from kdlens.data.sentences import SyntheticSentences
 from kdlens.data.synthetic import SyntheticShapes
 from kdlens.explain import information_discarding, knowledge_points, summarize_points
 from kdlens.explain.knowledge_points import DEFAULT_RULES, PointRule
 from kdlens.explain.paper import paper_defaults
 from kdlens.modalities import modality_of
+from kdlens.modalities.units import UnitMap
 from kdlens.models import build_model, input_kind
 from kdlens.seeding import derive_seed
 from kdlens.report.validation_maps import maps_figure
 from kdlens.report.validation_point_maps import point_maps_figure
+from kdlens.report.validation_sentence_maps import sentence_validation_figure
 from kdlens.errors import CheckpointError, UsageError
 from kdlens.store import (
     CheckpointStore,
@@ -121,14 +124,15 @@ NETWORKS = ("object_only", "background_cue", "random_init")
 ESTIMATORS = ("paper", "converged")
 CUES = {"object_only": "object", "background_cue": "background", "random_init": "object"}
 TRAINED = ("object_only", "background_cue")
-MODALITIES = ("image", "points")
+MODALITIES = ("image", "points", "text")
 LAMBDA_GAP = 0.3  # lambda(object_only) - lambda(background_cue) >= this
 N_FG_FACTOR = 2.0  # N_fg(object_only) >= this x N_fg(background_cue)
 FORMAT_VERSION = 1
 
 # the settings that mean something for one kind only (left out of the other's record)
 ONLY = {"image": ("image_size", "grid", "foreground_rule"),
-        "points": ("num_points", "background_points", "background_clouds")}
+        "points": ("num_points", "background_points", "background_clouds"),
+        "text": ("max_tokens", "vocab_size")}
 
 
 @dataclass(frozen=True)
@@ -141,6 +145,8 @@ class ValidationSettings:
     arch: str = "vgg11"
     num_classes: int = 4
     image_size: int = 32  # images only
+    max_tokens: int = 32  # text only: word pieces a sentence
+    vocab_size: int = 900  # text only: the WordPiece vocabulary trained on the sentences
     num_points: int = 64  # clouds only: the object's points
     background_points: int = 64  # clouds only: points attached from the background clouds
     background_clouds: int = 5  # clouds only
@@ -153,6 +159,8 @@ class ValidationSettings:
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    optimizer: str = "sgd"  # sgd (images, clouds) or adamw (text)
+    warmup_epochs: int = 0
     seed: int = 0
     layer: str = "fc1"
     samples: int = 8  # N samples measured
@@ -186,11 +194,15 @@ class ValidationSettings:
         """The settings a network's weights depend on (checked when reused)."""
         if self.modality == "image":
             keys: tuple[str, ...] = ("arch", "num_classes", "image_size", "width", "dropout", "seed")
-        else:
+        elif self.modality == "points":
             keys = ("modality", "arch", "num_classes", "num_points", "background_points", "background_clouds",
                     "width", "dropout", "seed")
+        else:
+            keys = ("modality", "arch", "num_classes", "max_tokens", "vocab_size", "width", "dropout", "seed")
         if network in TRAINED:
             keys += ("train_samples", "epochs", "batch_size", "lr", "momentum", "weight_decay")
+            if self.modality == "text":
+                keys += ("optimizer", "warmup_epochs")
         return {"network": network, "cue": CUES[network], **{k: getattr(self, k) for k in keys}}
 
     def record(self) -> dict[str, Any]:
@@ -221,9 +233,19 @@ POINTS_QUICK = dataclasses.replace(POINTS_FULL, train_samples=2000, test_samples
                                    converged_steps=150, map_samples=2)
 
 
+# text: a small BERT (2 layers, hidden 64) on the built-in sentences, 2 classes, trained with AdamW and a
+# one-epoch warm-up (transformers' recipe), measured at its last hidden layer (the paper's, Sec. 4.1)
+TEXT_FULL = ValidationSettings(modality="text", arch="bert", num_classes=2, max_tokens=32, vocab_size=900,
+                               train_samples=2000, test_samples=400, width=1.0, dropout=0.1, epochs=4,
+                               batch_size=32, lr=0.001, weight_decay=0.01, optimizer="adamw", warmup_epochs=1,
+                               layer="layer2", samples=12, converged_steps=300, map_samples=3)
+TEXT_QUICK = dataclasses.replace(TEXT_FULL, train_samples=800, test_samples=200, epochs=3, samples=6,
+                                 converged_steps=150, map_samples=2)
+
+
 def sizes(modality: str, quick: bool) -> ValidationSettings:
-    """The command's size for a kind: (POINTS_)QUICK or (POINTS_)FULL."""
-    table = {"image": (FULL, QUICK), "points": (POINTS_FULL, POINTS_QUICK)}
+    """The command's size for a kind: (POINTS_|TEXT_)QUICK or (POINTS_|TEXT_)FULL."""
+    table = {"image": (FULL, QUICK), "points": (POINTS_FULL, POINTS_QUICK), "text": (TEXT_FULL, TEXT_QUICK)}
     if modality not in table:
         raise UsageError(f"modality = {modality!r}: expected one of {', '.join(table)}")
     return table[modality][1 if quick else 0]
@@ -249,9 +271,6 @@ class _Images:
 
     def inputs(self, dataset: SyntheticShapes, index: Tensor) -> Tensor:
         return dataset.images[index].float() / 127.5 - 1.0  # as SyntheticShapes.__getitem__ (mean = std = 0.5)
-
-    def sample_shape(self, settings: ValidationSettings) -> tuple[int, ...]:
-        return (settings.image_size, settings.image_size)
 
     def same_object(self, first: SyntheticShapes, second: SyntheticShapes, index: Tensor) -> bool:
         return bool(torch.equal(first.masks[index], second.masks[index]))  # the object's geometry
@@ -287,9 +306,6 @@ class _Clouds:
     def inputs(self, dataset: PointShapes, index: Tensor) -> Tensor:
         return dataset.points[index]  # as PointShapes.__getitem__: no normalisation
 
-    def sample_shape(self, settings: ValidationSettings) -> tuple[int, ...]:
-        return (settings.num_points + settings.background_points, 3)
-
     def same_object(self, first: PointShapes, second: PointShapes, index: Tensor) -> bool:
         """The object's points are the same set in both (the order of the points may differ)."""
         return all(torch.equal(_sorted_rows(first.points[i][first.masks[i]]),
@@ -311,7 +327,56 @@ def _sorted_rows(points: Tensor) -> Tensor:
     return points[torch.from_numpy(order)]
 
 
-KINDS = {"image": _Images(), "points": _Clouds()}
+class _Sentences:
+    """What the run does with text: SyntheticSentences, a BERT, one unit a word.
+
+    Under ``cue="object"`` the planted sentiment words tell the label (the data's
+    ``cue="sentiment"``); under ``cue="background"`` a neutral filler word tied
+    to the label does and the sentiment words' polarity is random (``"filler"``).
+    For one index both cues make the same draws (the filler words and the
+    places), so the measured sentences are those whose random polarity under
+    the filler cue equals the label: there the sentiment words are the label's
+    in both. The foreground is the sentiment words in both."""
+
+    share_line = "foreground share of the words: {share:.3f} (the lambda of knowledge points placed at random)"
+    cue_words = "a neutral filler word tied to the label"
+    selection = ("training sentences whose planted sentiment words have the label's polarity under both cues; "
+                 "background_cue is measured on the cue='filler' sentence (with the label's filler word), the "
+                 "others on cue='sentiment'")
+    data_cues = {"object": "sentiment", "background": "filler"}
+
+    def dataset(self, settings: ValidationSettings, split: str, cue: str, num_samples: int) -> SyntheticSentences:
+        return SyntheticSentences(split=split, num_samples=num_samples, seed=settings.seed,
+                                  cue=self.data_cues[cue], max_tokens=settings.max_tokens,
+                                  vocab_size=settings.vocab_size)
+
+    def object_family(self, dataset: SyntheticSentences, index: int) -> int:
+        return int(dataset.polarities[index])
+
+    def inputs(self, dataset: SyntheticSentences, index: Tensor) -> Tensor:
+        return dataset.tokens[index]
+
+    def same_object(self, first: SyntheticSentences, second: SyntheticSentences, index: Tensor) -> bool:
+        """The same sentiment words at the same places."""
+        def planted(dataset: SyntheticSentences, i: int) -> list:
+            return [(k, word) for k, (word, on) in enumerate(zip(dataset.words(i), dataset.foreground_words(i))) if on]
+        return all(planted(first, i) == planted(second, i) for i in index.tolist())
+
+    def shown(self, dataset: SyntheticSentences, index: Tensor) -> dict[str, Any]:
+        return {"words": [dataset.words(i) for i in index.tolist()]}
+
+    def rules(self, settings: ValidationSettings) -> dict[str, PointRule]:
+        return {"paper": PointRule(paper_defaults(settings.arch)[1]), "converged": DEFAULT_RULES["converged"]}
+
+    def model_options(self, settings: ValidationSettings) -> dict[str, Any]:
+        return {"vocab_size": settings.vocab_size, "max_tokens": settings.max_tokens,
+                "hidden": 64, "layers": 2, "heads": 2}
+
+    def figure(self, panels: dict[str, dict[str, Any]], settings: ValidationSettings) -> bytes:
+        return sentence_validation_figure(panels, settings.map_samples, NETWORKS, ESTIMATORS, settings.layer)
+
+
+KINDS = {"image": _Images(), "points": _Clouds(), "text": _Sentences()}
 
 
 def _dataset(settings: ValidationSettings, split: str, cue: str, num_samples: int):
@@ -323,11 +388,12 @@ def measured_indices(background_set, count: int) -> list[int]:
     turn, whose background-cue object has the label's family, so that the object
     (its mask, or its points) is the same under both cues."""
     kind = KINDS[modality_of(background_set).name]
-    per_class = math.ceil(count / background_set.num_classes)
+    classes = len(background_set.classes)
+    per_class = math.ceil(count / classes)
     taken: dict[int, int] = {}
     chosen: list[int] = []
     for index in range(len(background_set)):
-        label = index % background_set.num_classes
+        label = index % classes
         if taken.get(label, 0) < per_class and kind.object_family(background_set, index) == label:
             chosen.append(index)
             taken[label] = taken.get(label, 0) + 1
@@ -346,8 +412,9 @@ def _build(settings: ValidationSettings, network: str) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(settings.seed, "validate", "init", network))
         image_size = settings.image_size if settings.modality == "image" else None
+        options = getattr(KINDS[settings.modality], "model_options", lambda _: {})(settings)
         return build_model(settings.arch, num_classes=settings.num_classes, image_size=image_size,
-                           width=settings.width, dropout=settings.dropout)
+                           width=settings.width, dropout=settings.dropout, **options)
 
 
 def _network(out: Path, settings: ValidationSettings, network: str, data: dict[str, dict[str, Any]],
@@ -375,7 +442,8 @@ def _network(out: Path, settings: ValidationSettings, network: str, data: dict[s
         # the project's one training loop: SGD with a cosine schedule, per-epoch
         # checkpoints (an interrupted run resumes), epochs seeded from (seed, role, epoch)
         optim = OptimConfig(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr,
-                            momentum=settings.momentum, weight_decay=settings.weight_decay, schedule="cosine")
+                            momentum=settings.momentum, weight_decay=settings.weight_decay, schedule="cosine",
+                            optimizer=settings.optimizer, warmup_epochs=settings.warmup_epochs)
         phase = Phase("train", optim, [model], lambda images, labels: F.cross_entropy(model(images), labels))
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
         history = train_phases(model, [phase], train, test, CheckpointStore(out / "training" / f"{network}-{digest}"),
@@ -587,13 +655,13 @@ def _run(out: Path, quick: bool, progress: bool, settings: ValidationSettings) -
     timing["networks_seconds"] = round(time.perf_counter() - tick, 2)
 
     modality = modality_of(datasets["object"])
-    units = modality.units(kind.sample_shape(settings), settings.grid)
     index = torch.tensor(indices)
     masks = {cue: datasets[cue].masks[index] for cue in datasets}
     masks_identical = bool(torch.equal(masks["object"], masks["background"]))
     same_object = kind.same_object(datasets["object"], datasets["background"], index)
-    foreground = {cue: modality.foreground(m, units, settings.foreground_rule) for cue, m in masks.items()}
     rules = kind.rules(settings)
+    foreground: dict[str, Tensor] = {}
+    present: dict[str, Tensor] = {}  # which units each sample has (all, but for sentences of fewer words)
 
     tick = time.perf_counter()
     results: dict[str, dict[str, Any]] = {}
@@ -603,11 +671,17 @@ def _run(out: Path, quick: bool, progress: bool, settings: ValidationSettings) -
     for network, estimator in jobs:
         cue = CUES[network]
         bar.set_postfix(network=network, estimator=estimator)
-        inputs = kind.inputs(data[cue]["train"], index)
+        tokens = kind.inputs(data[cue]["train"], index)
+        with torch.no_grad():
+            inputs = modality.analysed(models[network], tokens)  # text: the network's word embeddings
+        units = modality.batch_units(tokens, inputs, settings.grid)
+        foreground[cue] = modality.foreground(masks[cue], units, settings.foreground_rule)
+        present[cue] = UnitMap(units, inputs.shape).present
         measured = _measure(out, settings, network, estimator, models[network], inputs, units, indices, progress)
         rule = rules[estimator]
         points = knowledge_points(measured["entropy"], foreground[cue], rule.threshold, measured["valid"],
-                                  relative=rule.relative, baseline=rule.baseline)
+                                  relative=rule.relative, baseline=rule.baseline,
+                                  present=present[cue])
         results.setdefault(network, {})[estimator] = _entry(points, measured)
         panel = panels.setdefault(network, {
             **kind.shown(datasets[cue], index), "masks": masks[cue].numpy(), "indices": indices,
@@ -645,7 +719,8 @@ def _run(out: Path, quick: bool, progress: bool, settings: ValidationSettings) -
             "labels": [i % settings.num_classes for i in indices],
             "masks_identical_across_cues": masks_identical,
             "same_object_across_cues": same_object,
-            "foreground_unit_share": {cue: float(fg.float().mean()) for cue, fg in foreground.items()},
+            "foreground_unit_share": {cue: float((fg & present[cue]).sum() / present[cue].sum())
+                                      for cue, fg in foreground.items()},
             "selection": kind.selection,
             "rules": {e: dataclasses.asdict(rules[e]) for e in ESTIMATORS},
             "estimator_options": {e: _estimator_options(settings, e) for e in ESTIMATORS},
