@@ -30,12 +30,12 @@ def batch():
 def test_a_word_is_a_unit_over_all_its_pieces_and_dimensions():
     text = modality_of(Sentences())
     inputs, masks = batch()
-    analysed = torch.zeros(2, 6, 5)  # 4 embedding dimensions and the attention-mask channel
+    analysed = torch.zeros(2, 6, 6)  # 4 embedding dimensions, the segment and the attention-mask channel
     units = text.batch_units(inputs, analysed, grid=16)
-    assert units.shape == (2, 6, 5)
-    assert (units[..., -1] == -1).all()  # the mask channel is in no unit
+    assert units.shape == (2, 6, 6)
+    assert (units[..., -2:] == -1).all()  # the segment and mask channels are in no unit
     assert units[1, 1:4, :4].unique().tolist() == [0]  # the three pieces of "remarkable"
-    assert units[0, 0].tolist() == [-1] * 5 and units[0, 4].tolist() == [-1] * 5  # [CLS] and padding
+    assert units[0, 0].tolist() == [-1] * 6 and units[0, 4].tolist() == [-1] * 6  # [CLS] and padding
     layout = UnitMap(units, analysed.shape)
     assert layout.n == 2 and layout.present.tolist() == [[True, True], [True, False]]
     assert text.foreground(masks, units, rule=0.5).tolist() == [[True, False], [True, False]]

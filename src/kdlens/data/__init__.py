@@ -6,7 +6,10 @@ datasets "point_shapes" (no download) and "modelnet40". Point-cloud samples
 reuse ``Sample``: ``image`` is the cloud, float32 (N, 3), and ``mask`` is bool
 (N,), True on the object's points. Text datasets, "sentences" (no download)
 and "sst2", give ``image`` as (2, T) long, token ids and word indices, and
-``mask`` (T,) bool, True on the pieces of foreground words.
+``mask`` (T,) bool, True on the pieces of foreground words; "squad" (SQuAD
+v1.1 question answering) gives ``image`` as (3, T) long, token ids, word
+indices and segments, ``mask`` True on the pieces of the answer words, and
+the answer span as one class of max_tokens ** 2.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from kdlens.data.modelnet import ModelNet40
 from kdlens.data.point_background import attach_background, to_unit_sphere
 from kdlens.data.point_shapes import PointShapes
 from kdlens.data.sentences import SyntheticSentences
+from kdlens.data.squad import SQuAD
 from kdlens.data.sst2 import SST2
 from kdlens.data.synthetic import SyntheticShapes
 from kdlens.data.text_dataset import TextDataset
@@ -28,5 +32,5 @@ __all__ = [
     "Sample", "MaskedDataset", "fraction_subset", "fraction_indices", "normalize", "denormalize",
     "SyntheticShapes", "CubDataset", "MaskedImageFolder", "DATASETS",
     "PointShapes", "ModelNet40", "attach_background", "to_unit_sphere",
-    "TextDataset", "SyntheticSentences", "SST2",
+    "TextDataset", "SyntheticSentences", "SST2", "SQuAD",
 ]

@@ -207,6 +207,12 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
 def _check_encoding_arguments(tokenizer: Tokenizer, max_tokens: int) -> SpecialIds:
     if not (is_integer(max_tokens) and max_tokens >= 3):
         raise UsageError(f"max_tokens = {max_tokens!r}: expected an integer >= 3 ([CLS], a piece, [SEP])")
+    return check_tokenizer(tokenizer)
+
+
+def check_tokenizer(tokenizer: Tokenizer) -> SpecialIds:
+    """The special ids of ``tokenizer`` once it is known to be a
+    ``tokenizers.Tokenizer`` that does not truncate; a UsageError otherwise."""
     if not isinstance(tokenizer, Tokenizer):
         raise UsageError(f"tokenizer is a {type(tokenizer).__name__}; expected a tokenizers.Tokenizer "
                          "(see load_tokenizer and train_wordpiece)")
@@ -231,6 +237,18 @@ def _pieces_by_word(ids: Sequence[int], word_ids: Sequence[int | None], num_word
         if word is not None:  # None: a pad or special token the tokenizer itself added
             pieces[word].append(token)
     return [word_pieces or [special.unk] for word_pieces in pieces]
+
+
+def pieces_of_words(tokenizer: Tokenizer, words: Iterable[str]) -> dict[str, list[int]]:
+    """The token ids of each distinct word of ``words`` ([UNK] for a word
+    without pieces), each word tokenized on its own, all in one batch: the
+    pieces it gets inside a pre-tokenized sentence, as tokenizers encodes each
+    word of one on its own."""
+    special = special_ids(tokenizer)
+    distinct = list(dict.fromkeys(words))
+    encodings = tokenizer.encode_batch([[word] for word in distinct], is_pretokenized=True, add_special_tokens=False)
+    return {word: _pieces_by_word(encoding.ids, encoding.word_ids, 1, special)[0]
+            for word, encoding in zip(distinct, encodings)}
 
 
 def _lay_out(pieces: Sequence[list[int]], special: SpecialIds, max_tokens: int) -> tuple[list[int], list[int], int]:
@@ -284,12 +302,8 @@ def encode_sentences(tokenizer: Tokenizer, sentences: Sequence[list[str]], foreg
         if len(flags) != len(words):
             raise UsageError(f"foreground of sentence {s} has {len(flags)} flags for {len(words)} words; "
                              "expected one flag a word")
-    # tokenizers encodes each word of a pre-tokenized sentence on its own, so
     # encoding every distinct word once gives the same pieces, several times faster
-    distinct = list(dict.fromkeys(word for words in sentences for word in words))
-    encodings = tokenizer.encode_batch([[word] for word in distinct], is_pretokenized=True, add_special_tokens=False)
-    pieces_of = {word: _pieces_by_word(encoding.ids, encoding.word_ids, 1, special)[0]
-                 for word, encoding in zip(distinct, encodings)}
+    pieces_of = pieces_of_words(tokenizer, (word for words in sentences for word in words))
     rows = [_lay_out([pieces_of[word] for word in words], special, max_tokens) for words in sentences]
     token_rows = np.array([row[0] for row in rows], dtype=np.int64).reshape(len(rows), max_tokens)
     word_rows = np.array([row[1] for row in rows], dtype=np.int64).reshape(len(rows), max_tokens)

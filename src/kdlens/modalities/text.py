@@ -4,8 +4,8 @@ padding), with a (T,) foreground mask over the tokens. A unit is a word: all
 of its word pieces and all of their embedding dimensions share one sigma
 (the paper's Sec. 4.1 for BERT). The noise goes on the word-piece
 embeddings, the output of the model's embedding lookup, never on token ids;
-special tokens, padding and the attention-mask channel of the embedded input
-are in no unit and get no noise. Sentences have different numbers of words,
+special tokens, padding and the segment and attention-mask channels of the
+embedded input are in no unit and get no noise. Sentences have different numbers of words,
 so the unit map is one per sample (``units.UnitMap``)."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from torch import Tensor
 
 from kdlens.errors import UsageError
 from kdlens.modalities.base import MODALITIES, Modality
+from kdlens.models.bert import EXTRA_CHANNELS
 from kdlens.report.word_maps import sentence_maps
 
 
@@ -47,20 +48,21 @@ class TextModality(Modality):
                          "not one map for every sample")
 
     def analysed(self, model: Any, inputs: Tensor) -> Tensor:
-        """The model's word-piece embeddings with the attention mask as a last channel, (B, T, H + 1)."""
+        """The model's word-piece embeddings with the segment and the attention mask as two last channels,
+        (B, T, H + 2)."""
         embed = getattr(model, "embed_words", None)
         if embed is None:
             raise UsageError(f"{type(model).__name__} takes no text: expected a text model (bert) with embed_words")
         return embed(inputs)
 
     def batch_units(self, inputs: Tensor, analysed: Tensor, grid: int) -> Tensor:
-        """(B, T, H + 1): every embedding dimension of a token carries its word's index;
-        special tokens, padding and the mask channel carry -1 (no unit, no noise)."""
-        if inputs.dim() != 3 or inputs.shape[1] != 2:
-            raise UsageError(f"a text batch has shape {tuple(inputs.shape)}; expected (B, 2, T)")
+        """(B, T, H + 2): every embedding dimension of a token carries its word's index;
+        special tokens, padding and the segment and mask channels carry -1 (no unit, no noise)."""
+        if inputs.dim() != 3 or inputs.shape[1] not in (2, 3):
+            raise UsageError(f"a text batch has shape {tuple(inputs.shape)}; expected (B, 2, T) or (B, 3, T)")
         words = inputs[:, 1].long()
         units = words[:, :, None].expand(*words.shape, analysed.shape[-1]).clone()
-        units[..., -1] = -1
+        units[..., -EXTRA_CHANNELS:] = -1
         return units
 
     def foreground(self, masks: Tensor, units: Tensor, rule: float) -> Tensor:
