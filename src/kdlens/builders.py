@@ -42,7 +42,8 @@ def build_datasets(config: ExperimentConfig) -> tuple[Dataset, Dataset]:
     """(full training set, test set) for the configured data; each data section
     of the config names its dataset's arguments (``dataset_options``)."""
     data = config.data
-    return tuple(DATASETS.build(data.name, split=split, **data.dataset_options(split, config.seed))
+    # a section may name its dataset's own split (SST-2's and SQuAD's test set is "dev")
+    return tuple(DATASETS.build(data.name, **{"split": split, **data.dataset_options(split, config.seed)})
                  for split in ("train", "test"))
 
 

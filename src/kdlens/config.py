@@ -318,8 +318,26 @@ class SST2Data(_TextData):
                 "split": "train" if split == "train" else "dev", "lexicon_threshold": self.lexicon_threshold}
 
 
+class SquadData(_TextData):
+    """SQuAD v1.1 (``train-v1.1.json``, ``dev-v1.1.json`` under ``path``): the
+    answer's words are the foreground; one class per (start, end) span, so the
+    model is ``bert_qa``."""
+
+    name: Literal["squad"]
+    path: Path
+    max_tokens: int = Field(128, ge=4, description="word pieces of question and context, special tokens included")
+    vocab_size: int = Field(8000, ge=16, description="size of the WordPiece vocabulary trained on the data")
+
+    _root = field_validator("path")(classmethod(lambda cls, path: dataset_root(path)))
+
+    def dataset_options(self, split: str, seed: int) -> dict[str, Any]:
+        # the official test set is hidden: the dev split is the test set
+        return {**super().dataset_options(split, seed), "root": self.path,
+                "split": "train" if split == "train" else "dev"}
+
+
 DataConfig = Annotated[Union[SyntheticData, CubData, FolderData, PointShapesData, ModelNetData, SentencesData,
-                             SST2Data],
+                             SST2Data, SquadData],
                        Field(discriminator="name")]
 
 
@@ -491,7 +509,7 @@ class ExperimentConfig(Strict):
 
 _DATA_VARIANTS = {"synthetic": SyntheticData, "cub": CubData, "folder": FolderData,
                   "point_shapes": PointShapesData, "modelnet40": ModelNetData, "sentences": SentencesData,
-                  "sst2": SST2Data}
+                  "sst2": SST2Data, "squad": SquadData}
 
 
 def _key_parts(loc: tuple) -> list:
