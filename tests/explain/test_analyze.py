@@ -60,6 +60,31 @@ def test_cache_is_reused_and_extended(run, monkeypatch):
     assert [steps for _, steps in calls] == [FAST.steps, FAST.warm_steps, FAST.warm_steps]
 
 
+def test_paper_records_measured_with_another_default_weight_are_measured_again(run, monkeypatch):
+    """The paper's recipe takes lambda from the architecture's defaults; a cache written
+    when that default was different is not reused."""
+    settings = AnalysisSettings(layer="fc1", estimator="paper", grid=4, batch_size=4)
+    first = analyze_role(run, "teacher", settings, 2, epochs=[2], progress=False)
+    calls = count_paper_calls(monkeypatch)
+    analyze_role(run, "teacher", settings, 2, epochs=[2], progress=False)
+    assert calls == []  # reused
+    monkeypatch.setattr(analyze, "paper_defaults", lambda arch: (3.0, 0.2))
+    again = analyze_role(run, "teacher", settings, 2, epochs=[2], progress=False)
+    assert calls == [3.0] and not torch.equal(first.entropy, again.entropy)
+
+
+def count_paper_calls(monkeypatch):
+    calls = []
+    real = analyze.information_discarding
+
+    def counted(model, inputs, *args, **kwargs):
+        calls.append(kwargs["entropy_weight"])
+        return real(model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(analyze, "information_discarding", counted)
+    return calls
+
+
 def test_interrupted_analysis_resumes_to_the_same_answer(run, tmp_path, monkeypatch):
     settings = AnalysisSettings(layer="conv", grid=4, steps=10, warm_steps=4, noise_samples=2, batch_size=2)
     reference = analyze_role(run, "baseline", settings, 4, progress=False)

@@ -290,12 +290,15 @@ def analyze_role(
         thinned = False
 
     cache = _Cache(run, settings)
+    weight = settings.engine_options(arch, warm=False).get("entropy_weight")  # None for "converged"
     position = {index: k for k, index in enumerate(indices)}
     rows, previous_records = [], {}
     bar = tqdm(chosen, desc=f"{role} {settings.layer}", unit="ckpt", disable=not progress, dynamic_ncols=True)
     for epoch in bar:
         records = cache.load(role, epoch)
-        todo = [i for i in indices if i not in records]
+        # a record of the paper's recipe holds the entropy weight it was measured with: the
+        # architecture's default may differ from the one a cache was written with
+        todo = [i for i in indices if i not in records or records[i].get("entropy_weight") != weight]
         if todo:
             # Only the stages up to the layer run, and their weights are already in memory.
             model.load_state_dict(layer_states[epoch], strict=False)
@@ -321,6 +324,7 @@ def analyze_role(
                     records[i] = {
                         "sigma": sigma[k].clone(), "valid": bool(result.valid[k]),
                         "converged": bool(result.converged[k]), "reason": result.invalid_reason[k],
+                        "entropy_weight": weight,
                     }
                 cache.save(role, epoch, records)
         rows.append(records)
