@@ -7,7 +7,7 @@ from kdlens.config import load_config
 from kdlens.experiment import demo_config, run_demo
 
 
-@pytest.mark.parametrize("modality", ["image", "points"])
+@pytest.mark.parametrize("modality", ["image", "points", "text"])
 @pytest.mark.parametrize("quick", [False, True])
 def test_printed_config_is_the_demo(quick, modality, tmp_path, capsys):
     assert main(["demo", "--modality", modality, "--print-config", *(["--quick"] if quick else [])]) == 0
@@ -51,3 +51,15 @@ def test_quick_point_cloud_demo_writes_the_whole_report(tmp_path):
         assert len(models["baseline"]["epochs"]) == 3  # analysis.max_epochs of the quick demo
     report = (tmp_path / "report.md").read_text()
     assert "PointNet" in report and "At most 3 evenly spaced checkpoints" in report
+
+
+@pytest.mark.slow
+def test_quick_text_demo_writes_the_whole_report(tmp_path):
+    files = run_demo(tmp_path, quick=True, progress=False, modality="text")
+    for name in ("report.md", "report.html", "metrics.json", "figures/maps_layer2_converged.png"):
+        assert (tmp_path / name).is_file() and name in files
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    models = metrics["layers"]["layer2"]["converged"]  # the last hidden layer, as the paper (Sec. 4.1)
+    assert {"teacher", "student", "baseline", "random"} <= set(models)
+    assert set(metrics["hypotheses"]["converged"]) == {"h1", "h2", "h3"}
+    assert "BERT" in (tmp_path / "report.md").read_text()
