@@ -64,12 +64,12 @@ def test_paper_records_measured_with_another_default_weight_are_measured_again(r
     """The paper's recipe takes lambda from the architecture's defaults; a cache written
     when that default was different is not reused."""
     settings = AnalysisSettings(layer="fc1", estimator="paper", grid=4, batch_size=4)
-    first = analyze_role(run, "teacher", settings, 2, epochs=[2], progress=False)
+    first = analyze_role(run, "teacher", settings, 1, epochs=[2], progress=False)
     calls = count_paper_calls(monkeypatch)
-    analyze_role(run, "teacher", settings, 2, epochs=[2], progress=False)
+    analyze_role(run, "teacher", settings, 1, epochs=[2], progress=False)
     assert calls == []  # reused
     monkeypatch.setattr(analyze, "paper_defaults", lambda arch: (3.0, 0.2))
-    again = analyze_role(run, "teacher", settings, 2, epochs=[2], progress=False)
+    again = analyze_role(run, "teacher", settings, 1, epochs=[2], progress=False)
     assert calls == [3.0] and not torch.equal(first.entropy, again.entropy)
 
 
