@@ -33,6 +33,9 @@ def test_sentences_train_and_analyse_with_both_estimators(tmp_path, capsys):
     for role in ("teacher", "random", "student", "baseline"):
         counts = summary[role]["per_sample"]
         assert all(fg + bg <= 14 for fg, bg in zip(counts["n_fg"], counts["n_bg"]) if fg is not None)
+    # more sentences, some longer than any before: the cached ones are reused as they are
+    assert main(["analyze", str(out), "--samples", "6", "--steps", "4", "--quiet"]) == 0
+    assert main(["analyze", str(out), "--samples", "2", "--steps", "4", "--quiet"]) == 0
     # the paper's recipe with b = 0.2 (Sec. 4.1, BERT)
     assert main(["analyze", str(out), "--layer", "layer2", "--samples", "2", "--estimator", "paper", "--quiet"]) == 0
     summary = json.loads(next((out / "analysis").glob("layer2-*/summary-b0.2-*.json")).read_text())

@@ -218,6 +218,11 @@ class _Cache:
         atomic_torch_save(records, self.path(role, epoch))
 
 
+def _units_of(sigma: Tensor, n: int) -> Tensor:
+    """A sample's sigma over ``n`` units: its own, then NaN for the units it lacks (cut when longer)."""
+    return nn.functional.pad(sigma[:n], (0, max(0, n - len(sigma))), value=math.nan)
+
+
 def analyze_role(
     run: RunDirectory | str,
     role: str,
@@ -313,16 +318,18 @@ def analyze_role(
                 chunk_units = units if layout.shared else units[rows_of_chunk]
                 own = layout.n if layout.shared else int(chunk_units.max()) + 1  # the chunk's units
                 if warm:
-                    options["init_sigma"] = torch.stack([previous_records[i]["sigma"][:own] for i in chunk])
+                    options["init_sigma"] = torch.stack([_units_of(previous_records[i]["sigma"], own)
+                                                         for i in chunk])
                 result = information_discarding(
                     model, analysed[rows_of_chunk], settings.layer, chunk_units,
                     estimator=settings.estimator, seed=derive_seed(settings.seed, role, epoch, chunk[0]), **options,
                 )
-                # every sample's sigma over all the samples' units (NaN for a unit a sample lacks)
-                sigma = nn.functional.pad(result.sigma, (0, layout.n - own), value=math.nan)
+                # each sample's sigma over its own units, so that a record does not depend on
+                # which other samples were analysed with it (their sentences may be longer)
+                counts = layout.present[rows_of_chunk].sum(1).tolist()
                 for k, i in enumerate(chunk):
                     records[i] = {
-                        "sigma": sigma[k].clone(), "valid": bool(result.valid[k]),
+                        "sigma": result.sigma[k, :counts[k]].clone(), "valid": bool(result.valid[k]),
                         "converged": bool(result.converged[k]), "reason": result.invalid_reason[k],
                         "entropy_weight": weight,
                     }
@@ -330,7 +337,8 @@ def analyze_role(
         rows.append(records)
         previous_records = records
 
-    sigma = torch.stack([torch.stack([r[i]["sigma"] for i in indices]) for r in rows])
+    # every sample's sigma over all the samples' units (NaN for a unit a sample lacks)
+    sigma = torch.stack([torch.stack([_units_of(r[i]["sigma"], layout.n) for i in indices]) for r in rows])
     mimic = None
     if role == "student" and any(phases[e] == "distill" for e in chosen):
         mimic = mimic_accuracies(run, config, settings.layer, {e: layer_states[e] for e in chosen if phases[e] == "distill"},
