@@ -322,3 +322,17 @@ def test_results_csv_keeps_commas_and_quotes_in_one_cell():
     rows = list(csv.reader(io.StringIO(results_csv({"100%": HOSTILE}))))
     assert [r[1] for r in rows[1:]] == list(HOSTILE)
     assert {len(r) for r in rows} == {7}
+
+
+def test_options_that_yaml_cannot_write_back_are_refused():
+    """YAML's !!binary reads as bytes, which a dumped config would write back as a string."""
+    from kdlens.compare.config import parse_compare_config
+    from kdlens.config import ConfigError, parse_config
+
+    raw = {"seeds": [0, 1], "device": "cpu", "layer": "conv", "data": {"image_size": 32, "num_classes": 3},
+           "model": {"arch": "vgg11", "width": 0.25}, "student": {"epochs": 1},
+           "methods": ["baseline", {"name": "ie_at", "options": {"metric": b""}}]}
+    with pytest.raises(ConfigError, match=r"options.metric = b'': expected a string, number, true/false"):
+        parse_compare_config(raw, source="binary.yaml")
+    with pytest.raises(ConfigError, match="expected a string, number"):
+        parse_config({"model": {"options": {"batch_norm": b"\x00"}}})

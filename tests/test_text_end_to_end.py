@@ -52,6 +52,29 @@ def test_text_configs_name_text_models_and_their_layers(changes, expected):
         parse_config({**TINY, **changes})
 
 
+@pytest.mark.parametrize("changes,expected", [
+    ({"model": {"arch": "bert_qa"}}, "model.arch = 'bert_qa' with data.name = 'sentences': expected a sentence"),
+    ({"model": {"arch": "bert", "linear_init": "pytorch"}}, "would re-draw every linear layer of a BERT"),
+    ({"model": {"arch": "bert", "options": {"pretrained": "/nowhere"}}}, "data.tokenizer is not"),
+])
+def test_text_models_must_fit_the_text_data(changes, expected):
+    with pytest.raises(ConfigError, match=expected):
+        parse_config({**TINY, **changes})
+
+
+def test_a_text_model_takes_berts_dropout_unless_told():
+    assert parse_config({**TINY, "model": {"arch": "bert"}}).model.dropout == 0.1
+    assert parse_config({**TINY, "model": {"arch": "bert", "dropout": 0.3}}).model.dropout == 0.3
+
+
+def test_a_trained_vocabulary_larger_than_the_model_is_refused():
+    from kdlens.builders import build_datasets
+
+    config = parse_config({**TINY, "data": {**TINY["data"], "vocab_size": 16}})
+    with pytest.raises(ConfigError, match="data.vocab_size = 16: the tokenizer trained on the data has"):
+        build_datasets(config)
+
+
 def test_an_image_config_refuses_a_text_layer():
     with pytest.raises(ConfigError, match="student.layer = 'layer2': expected one of conv, fc1, fc2, fc3"):
         parse_config({"student": {"layer": "layer2"}})

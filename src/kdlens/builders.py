@@ -43,8 +43,15 @@ def build_datasets(config: ExperimentConfig) -> tuple[Dataset, Dataset]:
     of the config names its dataset's arguments (``dataset_options``)."""
     data = config.data
     # a section may name its dataset's own split (SST-2's and SQuAD's test set is "dev")
-    return tuple(DATASETS.build(data.name, **{"split": split, **data.dataset_options(split, config.seed)})
-                 for split in ("train", "test"))
+    datasets = tuple(DATASETS.build(data.name, **{"split": split, **data.dataset_options(split, config.seed)})
+                     for split in ("train", "test"))
+    if hasattr(data, "model_options"):  # text: the model's embedding table must hold every token id
+        room = data.model_options()["vocab_size"]
+        if datasets[0].vocab_size > room:
+            raise ConfigError(f"data.vocab_size = {data.vocab_size}: the tokenizer trained on the data has "
+                              f"{datasets[0].vocab_size} pieces (the corpus's characters need them); expected a "
+                              f"vocab_size of at least {datasets[0].vocab_size}")
+    return datasets
 
 
 def student_split(config: ExperimentConfig, full_train: Dataset, fraction: Optional[float] = None) -> Dataset:

@@ -64,8 +64,34 @@ def key_error(inner: str, expected: str, value: Any = None, *, show_value: bool 
     })
 
 
+PLAIN = (str, int, float, bool, type(None), dict, list, tuple)
+
+
+def not_plain(value: Any, path: str = "") -> Optional[tuple[str, Any]]:
+    """The first ``(key path, value)`` in a nest of mappings and lists that is not
+    a plain YAML value (a string, number, true/false, null, list or mapping; YAML's
+    ``!!binary`` gives bytes, for example), else None."""
+    seen: set[int] = set()
+    pending = [(path, value)]
+    while pending:
+        where, item = pending.pop()
+        if not isinstance(item, PLAIN):
+            return where, item
+        if isinstance(item, (dict, list, tuple)):
+            if id(item) in seen:
+                continue
+            seen.add(id(item))
+            pairs = item.items() if isinstance(item, dict) else enumerate(item)
+            pending.extend((f"{where}.{k}" if where else str(k), v) for k, v in reversed(list(pairs)))
+    return None
+
+
 def finite_options(options: dict[str, Any]) -> dict[str, Any]:
-    """``options`` (free-form keyword arguments) if every number in them is finite."""
+    """``options`` (free-form keyword arguments) if every value in them is plain and every number finite."""
+    odd = not_plain(options)
+    if odd is not None:
+        raise key_error(odd[0], f"expected a string, number, true/false, list or mapping, not "
+                        f"{type(odd[1]).__name__}", odd[1])
     found = non_finite(options)
     if found is not None:
         raise key_error(found[0], "expected a finite number", found[1])
@@ -99,8 +125,9 @@ def check_models_take_data(data: Any, models: dict[str, Optional["ModelConfig"]]
                              f"data.name = {data.name!r} holds {kind}; expected a model for {kind}")
 
 
-# the named layers of the text models (kdlens.models.bert): embeddings, layer1 .. layerL, pooler, classifier
-TEXT_LAYER = re.compile(r"embeddings|layer[1-9][0-9]*|pooler|classifier")
+# the named layers of the text models (kdlens.models.bert): embeddings, layer1 .. layerL, then pooler and
+# classifier (bert) or spans (bert_qa)
+TEXT_LAYER = re.compile(r"embeddings|layer[1-9][0-9]*|pooler|classifier|spans")
 
 
 def paper_layer(layer: str) -> str:
@@ -110,6 +137,36 @@ def paper_layer(layer: str) -> str:
     if layer not in PAPER_LAYERS and not TEXT_LAYER.fullmatch(layer):
         raise ValueError(f"the models have no layer {layer!r}; expected one of {', '.join(PAPER_LAYERS)} "
                          "(images, point clouds) or embeddings, layer1 .. layerL, pooler, classifier (text)")
+    return layer
+
+
+def check_text_models(data: Any, models: dict[str, Optional["ModelConfig"]]) -> None:
+    """A ValueError unless the text models fit the text data: ``bert_qa`` exactly for
+    SQuAD's spans, a pretrained network with its own tokenizer, and BERT's own
+    initialisation kept. A dropout not given becomes BERT's 0.1 (the image models' 0.5 is not)."""
+    spans = getattr(data, "spans", False)
+    for key, model in models.items():
+        if model is None:
+            continue
+        if spans != (model.arch == "bert_qa"):
+            expected = "bert_qa (one class per answer span)" if spans else "a sentence classifier (bert)"
+            raise ValueError(f"{key}.arch = {model.arch!r} with data.name = {data.name!r}: expected {expected}")
+        if model.linear_init == "pytorch":
+            raise ValueError(f"{key}.linear_init = 'pytorch' would re-draw every linear layer of a BERT (its "
+                             "attention and feed-forward too, and pretrained weights); expected 'normal', which "
+                             "keeps transformers' own initialisation")
+        if model.options.get("pretrained") is not None and data.tokenizer is None:
+            raise ValueError(f"{key}.options.pretrained is set but data.tokenizer is not; expected the pretrained "
+                             "model's tokenizer directory (its vocab.txt or tokenizer.json), whose ids its "
+                             "embeddings were trained on")
+        if "dropout" not in model.model_fields_set:
+            model.dropout = 0.1
+
+
+def image_layer(layer: str) -> str:
+    """``layer`` if the image (and point) models have it, else a ValueError naming it."""
+    if layer not in PAPER_LAYERS:
+        raise ValueError(f"the models have no layer {layer!r}; expected one of {', '.join(PAPER_LAYERS)}")
     return layer
 
 
@@ -280,14 +337,15 @@ class _TextData(DataCommon):
         return dict(max_tokens=self.max_tokens, vocab_size=self.vocab_size, tokenizer=tokenizer)
 
     def model_options(self) -> dict[str, Any]:
-        """What a text model must be sized for: the vocabulary (the given tokenizer's,
-        or the one trained, at most ``vocab_size``) and the sentence length."""
-        vocab = self.vocab_size
-        if self.tokenizer is not None:
-            from kdlens.data.text_encoding import load_tokenizer
+        """What a text model must be sized for: the vocabulary and padding id (the given
+        tokenizer's, or ``vocab_size`` and 0 for the one trained; ``build_datasets``
+        refuses a trained one that came out larger) and the sentence length."""
+        if self.tokenizer is None:
+            return {"vocab_size": self.vocab_size, "max_tokens": self.max_tokens, "pad_id": 0}
+        from kdlens.data.text_encoding import load_tokenizer, pad_id
 
-            vocab = load_tokenizer(self.tokenizer).get_vocab_size()
-        return {"vocab_size": vocab, "max_tokens": self.max_tokens}
+        tokenizer = load_tokenizer(self.tokenizer)
+        return {"vocab_size": tokenizer.get_vocab_size(), "max_tokens": self.max_tokens, "pad_id": pad_id(tokenizer)}
 
 
 class SentencesData(_TextData):
@@ -323,6 +381,7 @@ class SquadData(_TextData):
     answer's words are the foreground; one class per (start, end) span, so the
     model is ``bert_qa``."""
 
+    spans: ClassVar[bool] = True
     name: Literal["squad"]
     path: Path
     max_tokens: int = Field(128, ge=4, description="word pieces of question and context, special tokens included")
@@ -348,6 +407,8 @@ class ModelConfig(Strict):
     options: dict[str, Any] = Field(
         default_factory=dict, description="the family's own options, e.g. bert's {hidden: 64, layers: 2, heads: 2} "
         "or {pretrained: DIR}, VGG's {batch_norm: false}")
+
+    _finite_options = field_validator("options")(classmethod(lambda cls, options: finite_options(options)))
     linear_init: Literal["normal", "pytorch"] = Field(
         "normal",
         description="normal: N(0, 0.01) as torchvision's VGG (the knowledge-points paper); pytorch: "
@@ -494,6 +555,8 @@ class ExperimentConfig(Strict):
     @model_validator(mode="after")
     def _models_take_the_data(self) -> "ExperimentConfig":
         check_models_take_data(self.data, {"model": self.model, "teacher_model": self.teacher_model})
+        if getattr(self.data, "modality", "image") == "text":
+            check_text_models(self.data, {"model": self.model, "teacher_model": self.teacher_model})
         check_layers_fit_data(self.data, {"student.layer": self.student.layer,
                                           **{f"analysis.layers[{k}]": layer
                                              for k, layer in enumerate(self.analysis.layers or [])}})

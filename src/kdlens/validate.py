@@ -183,6 +183,10 @@ class ValidationSettings:
         for name in positive:
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} = {getattr(self, name)!r}: expected an integer >= 1")
+        if self.optimizer not in ("sgd", "adam", "adamw"):
+            raise UsageError(f"optimizer = {self.optimizer!r}: expected sgd, adam or adamw")
+        if self.warmup_epochs < 0:
+            raise UsageError(f"warmup_epochs = {self.warmup_epochs!r}: expected an integer >= 0")
         if self.threads < 1:
             raise UsageError(f"threads = {self.threads!r}: expected an integer >= 1")
         if self.epochs < 0 or self.map_samples < 0:

@@ -29,8 +29,8 @@ from kdlens.config import (
     check_device,
     check_models_take_data,
     finite_options,
+    image_layer,
     key_error,
-    paper_layer,
     validate,
 )
 from kdlens.distill import METHODS
@@ -77,7 +77,7 @@ class MethodEntry(Strict):
             raise ValueError(f"unknown method; expected {BASELINE} or one of {', '.join(METHODS.names())}")
         return name
 
-    _layer = field_validator("layer")(classmethod(lambda cls, layer: None if layer is None else paper_layer(layer)))
+    _layer = field_validator("layer")(classmethod(lambda cls, layer: None if layer is None else image_layer(layer)))
 
     @property
     def title(self) -> str:
@@ -182,7 +182,7 @@ class CompareConfig(Strict):
             return {"name": "synthetic", "student_fraction": 1.0, **data}
         return data
 
-    _layer = field_validator("layer")(classmethod(lambda cls, layer: paper_layer(layer)))
+    _layer = field_validator("layer")(classmethod(lambda cls, layer: image_layer(layer)))
     _device = field_validator("device")(classmethod(lambda cls, name: check_device(name)))
 
     @field_validator("seeds")
@@ -261,7 +261,7 @@ class CompareConfig(Strict):
         for mutual in self.mutual:
             options = {"layer": self.layer, **mutual.options}
             try:
-                paper_layer(options["layer"])
+                image_layer(options["layer"])
                 if not options.get("lambda_rec", 0.0) >= 0:
                     raise ValueError(f"lambda_rec = {options['lambda_rec']!r}: expected >= 0")
                 if mutual.mode == "ie_dml":

@@ -15,12 +15,12 @@ of at least ``lexicon_threshold`` (default 1.0). Nothing else counts: no
 negation, no context, no stemming ("good" 1.9 is foreground, "goodness" is
 an entry of its own, "like" 1.5 is foreground even as a preposition).
 
-Sample schema and attributes as :class:`~kdlens.data.sentences.TextDataset`:
+Sample schema and attributes as :class:`~kdlens.data.text_dataset.TextDataset`:
 ``image`` a long (2, max_tokens) tensor of token ids and word indices (see
 :mod:`kdlens.data.text_encoding`), ``mask`` bool (max_tokens,) True on every
 piece of a foreground word, ``label`` 0 or 1, classes ("negative",
 "positive"); sentences too long for ``max_tokens`` lose whole words at the
-end (``kept``, :meth:`~kdlens.data.sentences.TextDataset.words`).
+end (``kept``, :meth:`~kdlens.data.text_dataset.TextDataset.words`).
 
 Tokenizer: the one given (a pretrained BERT's, from
 :func:`~kdlens.data.text_encoding.load_tokenizer`), else a lower-casing
@@ -138,7 +138,7 @@ def sst2_tokenizer(train_file: str | Path, vocab_size: int = VOCAB_SIZE) -> Toke
 class SST2(TextDataset):
     """GLUE SST-2 sentences with VADER-lexicon foreground words (see the module docstring).
 
-    Besides :class:`~kdlens.data.sentences.TextDataset`'s attributes:
+    Besides :class:`~kdlens.data.text_dataset.TextDataset`'s attributes:
     ``root``, ``split``, ``file`` (the .tsv read), ``lexicon_threshold``.
     ``vocab_size`` as an argument is the vocabulary to train (ignored when
     ``tokenizer`` is given); as an attribute, the tokenizer's actual size."""

@@ -124,7 +124,7 @@ def converged_discarding(
 
     ``layer``: a stage name of a ``NamedLayerModel``, a module name from
     ``model.named_modules()``, or None for the model's output.  ``units``: a
-    unit map broadcastable to one sample (``units.py``).  ``init_sigma``
+    unit map broadcastable to one sample, or one per sample (``units.UnitMap``).  ``init_sigma``
     (B, n_units) warm-starts from earlier sigmas.  Randomness comes only from
     ``generator``, or else a generator seeded with ``seed``. At most
     ``max_batch`` noisy inputs go through the model at once; the result does

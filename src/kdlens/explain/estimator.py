@@ -39,7 +39,7 @@ def information_discarding(
 
     ``layer``: a stage name of a ``NamedLayerModel``, a module name from
     ``model.named_modules()``, or None for the model's output; ``units``: a
-    unit map broadcastable to one sample (``units.py``). ``options`` are the
+    unit map broadcastable to one sample, or one per sample (``units.UnitMap``). ``options`` are the
     chosen estimator's keywords (see :func:`converged_discarding` and
     :func:`paper_discarding`); one it does not take is an error that names them.
     Bad arguments (an empty or non-finite batch, a non-finite or out-of-range

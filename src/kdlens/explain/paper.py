@@ -103,8 +103,8 @@ LAMBDA_NOT_PUBLISHED = ("pointnet2", "pointnet", "dgcnn", "bert")
 
 def paper_defaults(arch: str) -> tuple[float, float]:
     """(entropy weight lambda, knowledge-point threshold b) of the paper's
-    recipe for an architecture name; for point-cloud models lambda is kdlens's
-    choice (:data:`LAMBDA_NOT_PUBLISHED`, see the comment above)."""
+    recipe for an architecture name; for point-cloud and text models lambda is
+    kdlens's choice (:data:`LAMBDA_NOT_PUBLISHED`, see the comment above)."""
     for family, values in _FAMILY_DEFAULTS.items():
         if arch.lower().startswith(family):
             return values

@@ -1,6 +1,7 @@
 """Text: a sample is a (2, T) long tensor, the token ids (``[CLS] pieces
 [SEP] [PAD]...``) and each token's word index (-1 for special tokens and
-padding), with a (T,) foreground mask over the tokens. A unit is a word: all
+padding), or (3, T) with the segment as a third row (question answering),
+with a (T,) foreground mask over the tokens. A unit is a word: all
 of its word pieces and all of their embedding dimensions share one sigma
 (the paper's Sec. 4.1 for BERT). The noise goes on the word-piece
 embeddings, the output of the model's embedding lookup, never on token ids;
@@ -41,7 +42,8 @@ def words_of(tokens: Tensor, tokenizer: Any) -> list[list[str]]:
 
 class TextModality(Modality):
     name = "text"
-    sample_schema = "tokens (2, T) long: token ids and word indices (-1: special token or padding), mask (T,) bool"
+    sample_schema = ("tokens (2, T) long: token ids and word indices (-1: special token or padding), and for "
+                     "question answering the segments as a third row; mask (T,) bool")
 
     def units(self, sample_shape: Sequence[int], grid: int) -> Tensor:
         raise UsageError("the units of text are the words of each sentence; expected batch_units(inputs, ...), "

@@ -4,7 +4,9 @@ A unit map follows captum's ``feature_mask`` convention: an integer (long)
 tensor that broadcasts to ONE sample's input shape and gives every input
 element a unit id in ``0 .. n-1``.  Every id must be used by some element (a
 unit with no element would feel no constraint and its sigma would grow
-without bound).
+without bound).  When the samples' units differ (the words of sentences), a
+map of the batch's own shape gives each sample its ids, and -1 to elements in
+no unit (:class:`UnitMap`).
 
 The paper divides images into a 16 x 16 grid whose cells are the units
 (Fig. 3); words (their whole embedding) and points of a cloud are units too.

@@ -38,7 +38,8 @@ IMAGE, POINTS, TEXT = "image", pointnet.POINTS, bert.TEXT
 
 def input_kind(arch: str) -> str:
     """What a registered model takes: ``"image"`` (``(B, C, H, W)``),
-    ``"points"`` (``(B, N, C)`` point clouds) or ``"text"`` (``(B, 2, T)`` token ids and word indices)."""
+    ``"points"`` (``(B, N, C)`` point clouds) or ``"text"`` (``(B, 2, T)`` token ids and word indices,
+    ``(B, 3, T)`` with segments)."""
     return getattr(MODELS.get(arch), "input_kind", IMAGE)
 
 

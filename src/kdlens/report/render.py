@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
+from kdlens.errors import UsageError
 from kdlens.report import figures
 from kdlens.report.tables import (
     BOOTSTRAP, HYPOTHESES, fmt, fmt_interval, fmt_signed, html_table, hypothesis_verdicts, infer_estimators,
@@ -382,6 +383,9 @@ def write_report(out_dir: str | Path, data: Mapping, *, bootstrap: Mapping | Non
             models = (layers.get(layer) or {}).get(est)
             plots = []
             if layer_maps is not None and layer_maps.get(est) is not None:
+                if unit_maps is None and layer_maps.get("images") is None:
+                    raise UsageError(f"the maps of layer {layer!r} hold no images; expected unit_maps, the "
+                                     "drawer of their modality (Modality.unit_maps)")
                 plots.append(_maps_plot(layer, est, layer_maps, unit_maps or grid_unit_maps))
             if models is not None:
                 plots += [
