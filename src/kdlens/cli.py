@@ -49,13 +49,14 @@ def _train(args: argparse.Namespace) -> int:
 
 def _analyze(args: argparse.Namespace) -> int:
     from kdlens.explain.analyze import AnalysisSettings, analyze_run, summarize_role
+    from kdlens.explain.shards import analyze_in_processes, analyze_under_torchrun, parse_shard, torchrun_shard
     from kdlens.modalities import modality_of
     from kdlens.store import RunDirectory, atomic_write_json
 
     run = RunDirectory(args.run)
     if not run.config_path.is_file():
         raise MissingFileError(f"{args.run!r} is not a kdlens run directory (no config.yaml)")
-    for option, value, least in (("--samples", args.samples, 1), ("--grid", args.grid, 1),
+    for option, value, least in (("--samples", args.samples, 1), ("--grid", args.grid, 1), ("--nproc", args.nproc, 1),
                                  ("--steps", args.steps, 1), ("--max-epochs", args.max_epochs, 2)):
         if value is not None and value < least:
             raise UsageError(f"{option} {value}: expected an integer >= {least}")
@@ -63,8 +64,21 @@ def _analyze(args: argparse.Namespace) -> int:
     layer = args.layer or load_config(run.config_path).student.layer
     settings = AnalysisSettings(layer=layer, estimator=args.estimator, grid=args.grid, threshold=args.threshold,
                                 baseline=args.baseline, steps=args.steps, entropy_weight=args.entropy_weight)
-    analyses = analyze_run(run, settings, args.samples, split=args.split, max_epochs=args.max_epochs,
-                           progress=not args.quiet)
+    options = dict(split=args.split, max_epochs=args.max_epochs)
+    shard = parse_shard(args.shard) if args.shard else torchrun_shard()
+    if args.shard:  # one shard by hand: compute it into the cache; a plain call assembles
+        analyze_run(run, settings, args.samples, shard=shard, progress=not args.quiet, **options)
+        print(f"shard {shard[0]}/{shard[1]} of layer {layer} computed into {run.root / 'analysis'}; when every "
+              f"shard is done, `kdlens analyze {args.run}` with the same options assembles them")
+        return 0
+    if shard is not None:  # under torchrun: every rank computes its shard, rank 0 reports
+        analyses = analyze_under_torchrun(run, settings, args.samples, shard, **options)
+        if analyses is None:
+            return 0
+    elif args.nproc > 1:
+        analyses = analyze_in_processes(run, settings, args.samples, args.nproc, **options)
+    else:
+        analyses = analyze_run(run, settings, args.samples, progress=not args.quiet, **options)
     summaries = {role: summarize_role(analysis, settings) for role, analysis in analyses.items()}
     rule = next(iter(summaries.values()))["rule"]
     b = f"{rule['threshold']:g}" + (" x background std" if rule["relative"] else "")
@@ -162,6 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
                               "AlexNet, 6 for ResNet; 7 for point-cloud models, whose lambda they did not publish)")
     analyze.add_argument("--steps", type=int, default=300,
                          help="converged estimator: optimisation steps from a cold start (default 300)")
+    analyze.add_argument("--nproc", type=int, default=1,
+                         help="split the work across N local processes (the answer is a single process's with the "
+                              "same threads per process); under torchrun the ranks split it")
+    analyze.add_argument("--shard", help="K/N: compute only shard K of N into the run's cache (one per machine "
+                                         "sharing the run directory); then run without --shard to assemble")
     analyze.add_argument("--quiet", action="store_true", help="no progress output")
     analyze.set_defaults(handler=_analyze)
 

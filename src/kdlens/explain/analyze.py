@@ -196,13 +196,21 @@ class _Cache:
         self.root.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.root / "settings.json", asdict(settings))
 
-    def path(self, role: str, epoch: int):
-        return self.root / role / f"epoch_{epoch:03d}.pt"
+    def path(self, role: str, epoch: int, shard: Optional[int] = None):
+        """The file of a checkpoint's records, or of the records shard ``shard`` computed."""
+        return self.root / role / (f"epoch_{epoch:03d}.pt" if shard is None else f"epoch_{epoch:03d}.shard{shard}.pt")
 
     def load(self, role: str, epoch: int) -> dict[int, dict]:
-        path = self.path(role, epoch)
-        if not path.is_file():
-            return {}
+        """The checkpoint's records: its own file's and every shard's (a shard only adds samples)."""
+        main = self.path(role, epoch)
+        records: dict[int, dict] = {}
+        for path in sorted(main.parent.glob(f"epoch_{epoch:03d}.shard*.pt")) + [main]:
+            if path.is_file():
+                records.update(self._read(path))
+        return records
+
+    @staticmethod
+    def _read(path) -> dict[int, dict]:
         records = load_checkpoint_file(path, kind="analysis cache file")
         for index, record in records.items():
             if (not isinstance(index, int) or not isinstance(record, dict)
@@ -214,8 +222,8 @@ class _Cache:
                 )
         return records
 
-    def save(self, role: str, epoch: int, records: dict[int, dict]) -> None:
-        atomic_torch_save(records, self.path(role, epoch))
+    def save(self, role: str, epoch: int, records: dict[int, dict], shard: Optional[int] = None) -> None:
+        atomic_torch_save(records, self.path(role, epoch, shard))
 
 
 def _units_of(sigma: Tensor, n: int) -> Tensor:
@@ -234,11 +242,19 @@ def analyze_role(
     max_epochs: Optional[int] = None,
     datasets: Optional[tuple[Dataset, Dataset]] = None,
     progress: bool = True,
-) -> RoleAnalysis:
+    shard: Optional[tuple[int, int]] = None,
+) -> Optional[RoleAnalysis]:
     """Compute (or read from the cache) the information discarding of
     ``sample_count`` fixed samples of ``split`` at the checkpoints of ``role``.
     ``epochs`` picks checkpoints explicitly (e.g. only the teacher's last);
-    ``datasets`` (train, test) saves rebuilding them from the run's config."""
+    ``datasets`` (train, test) saves rebuilding them from the run's config.
+
+    ``shard = (k, n)``: compute only shard k of n into the cache and return
+    None. The samples are cut into batches of ``settings.batch_size`` in their
+    fixed order, as an unsharded run cuts them, and shard k takes batches k,
+    k + n, ... at every checkpoint (a batch's warm starts stay in one shard),
+    so that the cache ends up holding what one process would have written;
+    an unsharded call then assembles the analysis from it."""
     run = RunDirectory(run) if not isinstance(run, RunDirectory) else run
     if split not in ("train", "test"):
         raise UsageError(f"split = {split!r}: expected 'train' or 'test'")
@@ -304,13 +320,21 @@ def analyze_role(
         # a record of the paper's recipe holds the entropy weight it was measured with: the
         # architecture's default may differ from the one a cache was written with
         todo = [i for i in indices if i not in records or records[i].get("entropy_weight") != weight]
+        chunks = [todo[start : start + settings.batch_size] for start in range(0, len(todo), settings.batch_size)]
+        if shard is not None:
+            rank, world = shard
+            batches = [indices[start : start + settings.batch_size]
+                       for start in range(0, len(indices), settings.batch_size)]
+            missing = set(todo)
+            mine = [batch for k, batch in enumerate(batches) if k % world == rank]
+            chunks = [batch for batch in mine if missing & set(batch)]
+            todo = [i for batch in chunks for i in batch]
         if todo:
             # Only the stages up to the layer run, and their weights are already in memory.
             model.load_state_dict(layer_states[epoch], strict=False)
             with torch.no_grad():
                 analysed = modality.analysed(model, images)
-            for start in range(0, len(todo), settings.batch_size):
-                chunk = todo[start : start + settings.batch_size]
+            for chunk in chunks:
                 warm = (settings.estimator == "converged" and settings.warm_start
                         and all(i in previous_records for i in chunk))
                 options = settings.engine_options(arch, warm)
@@ -333,9 +357,15 @@ def analyze_role(
                         "converged": bool(result.converged[k]), "reason": result.invalid_reason[k],
                         "entropy_weight": weight,
                     }
-                cache.save(role, epoch, records)
+                if shard is None:
+                    cache.save(role, epoch, records)
+                else:  # a shard writes only its own samples, into its own file
+                    own = {i: records[i] for batch in mine for i in batch if i in records}
+                    cache.save(role, epoch, own, shard=shard[0])
         rows.append(records)
         previous_records = records
+    if shard is not None:
+        return None
 
     # every sample's sigma over all the samples' units (NaN for a unit a sample lacks)
     sigma = torch.stack([torch.stack([_units_of(r[i]["sigma"], layout.n) for i in indices]) for r in rows])
@@ -372,12 +402,15 @@ def analyze_run(
     datasets: Optional[tuple[Dataset, Dataset]] = None,
     progress: bool = True,
     final_only: bool = False,
+    shard: Optional[tuple[int, int]] = None,
 ) -> dict[str, RoleAnalysis]:
     """:func:`analyze_role` for every trained role of a run: the teacher at its
     last checkpoint, the student and the baseline over their epochs (at their
     last only with ``final_only``: no dynamics metrics then), and
     "random": the teacher's architecture at its initial weights (epoch 0),
-    the reference for "nothing learned"."""
+    the reference for "nothing learned". With ``shard = (k, n)`` only shard k
+    of n is computed into the cache and the result is empty (see
+    :func:`analyze_role`; ``kdlens.explain.shards`` runs the shards)."""
     run = RunDirectory(run) if not isinstance(run, RunDirectory) else run
     if all(run.role(role).latest() is None for role in ROLES_ANALYSED):
         raise MissingFileError(
@@ -391,18 +424,20 @@ def analyze_run(
         latest = run.role(role).latest()
         if latest is None:
             continue
-        common = dict(split=split, max_epochs=max_epochs, datasets=datasets, progress=progress)
+        common = dict(split=split, max_epochs=max_epochs, datasets=datasets, progress=progress, shard=shard)
         if role == "teacher":
             analyses[role] = analyze_role(run, role, settings, sample_count, epochs=[latest], **common)
             if 0 in run.role(role).epochs():
                 random = analyze_role(run, role, settings, sample_count, epochs=[0], **common)
+                if shard is not None:
+                    continue
                 random.role = "random"
                 random.final_accuracy = random.test_accuracy[0]  # its own, not the trained teacher's
                 analyses["random"] = random
         else:
             analyses[role] = analyze_role(run, role, settings, sample_count,
                                           epochs=[latest] if final_only else None, **common)
-    return analyses
+    return {} if shard is not None else analyses
 
 
 def _listed(values: Tensor, defined: Tensor) -> list[Optional[float]]:

@@ -1,0 +1,106 @@
+"""The analysis of a run split across processes and machines.
+
+The work of :func:`~kdlens.explain.analyze.analyze_run` is a set of units: a
+batch of samples at the checkpoints of a role (one batch's checkpoints stay
+together, because each warm-starts from the one before). Shard k of n takes
+batches k, k + n, ... and writes their records into the run's analysis cache,
+in files of its own (``epoch_XXX.shard<k>.pt``), after every batch. When every
+shard is done, an unsharded :func:`analyze_run` assembles the analysis from
+the cache and computes nothing: the answer is the one a single process gives
+with the same thread count, since every batch is cut, seeded and warm-started
+as that process would. A killed shard loses only the batch it was computing;
+run again, it skips what is cached.
+
+Three ways to run the shards:
+
+* :func:`analyze_in_processes` (``kdlens analyze RUN --nproc N``): N local
+  processes, each with its share of the CPU threads;
+* under ``torchrun`` (``torchrun --nproc-per-node N [--nnodes M ...] -m
+  kdlens analyze RUN``): each process is the shard of its global rank
+  (``RANK`` of ``WORLD_SIZE``); they meet at a ``torch.distributed`` barrier
+  (gloo), then rank 0 assembles and reports;
+* by hand on any machines sharing the run directory: ``kdlens analyze RUN
+  --shard K/N`` for each K, then ``kdlens analyze RUN`` once.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from typing import Any, Optional
+
+import torch
+
+from kdlens.errors import KdlensError, UsageError
+from kdlens.explain.analyze import AnalysisSettings, RoleAnalysis, analyze_run
+from kdlens.store import RunDirectory
+
+
+class ShardFailed(KdlensError):
+    """A shard of a sharded analysis did not finish."""
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"K/N"`` -> (K, N) with 0 <= K < N, or a one-line :class:`UsageError`."""
+    parts = text.split("/")
+    if len(parts) == 2 and all(part.strip().isdigit() for part in parts):
+        rank, world = int(parts[0]), int(parts[1])
+        if 0 <= rank < world:
+            return rank, world
+    raise UsageError(f"--shard {text!r}: expected K/N with 0 <= K < N, e.g. 0/2")
+
+
+def torchrun_shard() -> Optional[tuple[int, int]]:
+    """(rank, world size) when this process was started by torchrun with more than one process, else None."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return (int(os.environ.get("RANK", "0")), world) if world > 1 else None
+
+
+def _run_shard(root: str, settings: AnalysisSettings, sample_count: int, shard: tuple[int, int], threads: int,
+               options: dict[str, Any]) -> None:
+    torch.set_num_threads(threads)
+    analyze_run(root, settings, sample_count, shard=shard, progress=False, **options)
+
+
+def analyze_in_processes(run: RunDirectory | str, settings: AnalysisSettings, sample_count: int, nproc: int, *,
+                         threads: Optional[int] = None, **options: Any) -> dict[str, RoleAnalysis]:
+    """Run the n shards in ``nproc`` local processes (``threads`` intra-op threads
+    each; default: this process's threads shared out), then assemble in this
+    process. ``options``: :func:`analyze_run`'s split, max_epochs, final_only."""
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+        raise UsageError(f"nproc = {nproc!r}: expected an integer >= 1")
+    root = str(RunDirectory(run).root if not isinstance(run, RunDirectory) else run.root)
+    if nproc > 1:
+        threads = threads or max(1, torch.get_num_threads() // nproc)
+        context = torch.multiprocessing.get_context("spawn")
+        workers = [context.Process(target=_run_shard, args=(root, settings, sample_count, (rank, nproc), threads,
+                                                            options), name=f"kdlens-shard-{rank}")
+                   for rank in range(nproc)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        failed = [(rank, worker.exitcode) for rank, worker in enumerate(workers) if worker.exitcode != 0]
+        if failed:
+            shown = ", ".join(f"shard {rank} (exit code {code})" for rank, code in failed)
+            raise ShardFailed(f"{shown} of {nproc} did not finish; what they computed is cached: run the same "
+                              "command again to resume")
+    return analyze_run(root, settings, sample_count, **options)
+
+
+def analyze_under_torchrun(run: RunDirectory | str, settings: AnalysisSettings, sample_count: int,
+                           shard: tuple[int, int], **options: Any) -> Optional[dict[str, RoleAnalysis]]:
+    """This process's shard, a barrier with the others (torch.distributed, gloo),
+    then the assembled analysis on rank 0 and None on the other ranks."""
+    import torch.distributed as dist
+
+    analyze_run(run, settings, sample_count, shard=shard, progress=False, **options)
+    started = not dist.is_initialized()
+    if started:  # shards may finish hours apart: the barrier waits as long as a day
+        dist.init_process_group("gloo", timeout=timedelta(days=1))
+    try:
+        dist.barrier()
+        return analyze_run(run, settings, sample_count, **options) if shard[0] == 0 else None
+    finally:
+        if started:
+            dist.destroy_process_group()
