@@ -53,7 +53,7 @@ def test_two_processes_give_one_process_answer(run, tmp_path):
     assert set(one) == set(two) == {"teacher", "random", "student", "baseline"}
     for role in one:
         assert torch.equal(one[role], two[role]), role
-    # each shard wrote its own batches: shard 0 batches 0 and 2 (samples 1-2, 5), shard 1 batch 1
+    # each shard wrote its own batches (the baseline's: shard 1 batches 0 and 2, shard 0 batch 1)
     files = sorted(p.name for p in next((two_dir / "analysis").iterdir()).glob("baseline/epoch_001*.pt"))
     assert files == ["epoch_001.shard0.pt", "epoch_001.shard1.pt"]  # the assembly found everything cached
 

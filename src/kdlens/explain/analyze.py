@@ -242,17 +242,19 @@ def analyze_role(
     max_epochs: Optional[int] = None,
     datasets: Optional[tuple[Dataset, Dataset]] = None,
     progress: bool = True,
-    shard: Optional[tuple[int, int]] = None,
+    shard: Optional[tuple[int, ...]] = None,
 ) -> Optional[RoleAnalysis]:
     """Compute (or read from the cache) the information discarding of
     ``sample_count`` fixed samples of ``split`` at the checkpoints of ``role``.
     ``epochs`` picks checkpoints explicitly (e.g. only the teacher's last);
     ``datasets`` (train, test) saves rebuilding them from the run's config.
 
-    ``shard = (k, n)``: compute only shard k of n into the cache and return
-    None. The samples are cut into batches of ``settings.batch_size`` in their
-    fixed order, as an unsharded run cuts them, and shard k takes batches k,
-    k + n, ... at every checkpoint (a batch's warm starts stay in one shard),
+    ``shard = (k, n)`` or ``(k, n, turn)``: compute only shard k of n into the
+    cache and return None. The samples are cut into batches of
+    ``settings.batch_size`` in their fixed order, as an unsharded run cuts
+    them, and shard k takes the batches b with (b + turn) mod n = k, at every
+    checkpoint (a batch's warm starts stay in one shard; ``turn`` spreads the
+    roles' first batches over the shards),
     so that the cache ends up holding what one process would have written;
     an unsharded call then assembles the analysis from it."""
     run = RunDirectory(run) if not isinstance(run, RunDirectory) else run
@@ -322,11 +324,11 @@ def analyze_role(
         todo = [i for i in indices if i not in records or records[i].get("entropy_weight") != weight]
         chunks = [todo[start : start + settings.batch_size] for start in range(0, len(todo), settings.batch_size)]
         if shard is not None:
-            rank, world = shard
+            rank, world, turn = (*shard, 0)[:3]
             batches = [indices[start : start + settings.batch_size]
                        for start in range(0, len(indices), settings.batch_size)]
             missing = set(todo)
-            mine = [batch for k, batch in enumerate(batches) if k % world == rank]
+            mine = [batch for k, batch in enumerate(batches) if (k + turn) % world == rank]
             chunks = [batch for batch in mine if missing & set(batch)]
             todo = [i for batch in chunks for i in batch]
         if todo:
@@ -420,15 +422,24 @@ def analyze_run(
     if datasets is None:
         datasets = build_datasets(load_config(run.config_path))
     analyses = {}
+    # each analysis (teacher, random, student, baseline) starts its batches at the next
+    # shard, so that few batches still spread over the shards
+    turns = {"teacher": 0, "random": 1, "student": 2, "baseline": 3}
+
+    def sharded(name: str) -> Optional[tuple[int, ...]]:
+        return None if shard is None else (*shard[:2], turns[name])
+
     for role in ROLES_ANALYSED:
         latest = run.role(role).latest()
         if latest is None:
             continue
-        common = dict(split=split, max_epochs=max_epochs, datasets=datasets, progress=progress, shard=shard)
+        common = dict(split=split, max_epochs=max_epochs, datasets=datasets, progress=progress)
         if role == "teacher":
-            analyses[role] = analyze_role(run, role, settings, sample_count, epochs=[latest], **common)
+            analyses[role] = analyze_role(run, role, settings, sample_count, epochs=[latest], shard=sharded(role),
+                                          **common)
             if 0 in run.role(role).epochs():
-                random = analyze_role(run, role, settings, sample_count, epochs=[0], **common)
+                random = analyze_role(run, role, settings, sample_count, epochs=[0], shard=sharded("random"),
+                                      **common)
                 if shard is not None:
                     continue
                 random.role = "random"
@@ -436,7 +447,7 @@ def analyze_run(
                 analyses["random"] = random
         else:
             analyses[role] = analyze_role(run, role, settings, sample_count,
-                                          epochs=[latest] if final_only else None, **common)
+                                          epochs=[latest] if final_only else None, shard=sharded(role), **common)
     return {} if shard is not None else analyses
 
 
