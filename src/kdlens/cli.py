@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
@@ -25,7 +26,9 @@ def output_directory(value: str | Path, option: str = "--out") -> Path:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from kdlens.store import RunDirectory
     from kdlens.train import train_roles
+    from kdlens.train.distributed import is_writer, join_torchrun, run_in_processes
 
     config = load_config(args.config)
     out = output_directory(args.out if args.out else Path("runs") / Path(args.config).stem)
@@ -35,7 +38,17 @@ def _train(args: argparse.Namespace) -> int:
         if unknown:
             raise ConfigError(f"--roles {args.roles!r}: unknown role {unknown[0]!r}; expected teacher, baseline, student")
     began = time.perf_counter()
-    run = train_roles(config, out, roles, progress=not args.quiet)
+    if args.nproc < 1:
+        raise UsageError(f"--nproc {args.nproc}: expected an integer >= 1")
+    if join_torchrun():  # data parallel over torchrun's ranks; rank 0 writes and reports
+        run = train_roles(config, out, roles, progress=not args.quiet and is_writer())
+        if not is_writer():
+            return 0
+    elif args.nproc > 1:  # data parallel over local processes
+        run_in_processes(functools.partial(train_roles, progress=False), args.nproc, config, out, roles)
+        run = RunDirectory(out)
+    else:
+        run = train_roles(config, out, roles, progress=not args.quiet)
     print(f"trained {', '.join(roles or config.train)} in {time.perf_counter() - began:.0f}s -> {run.root}")
     for role in roles or config.train:
         store = run.role(role)
@@ -151,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", required=True, help="experiment config (YAML)")
     train.add_argument("--out", help="run directory (default: runs/<config name>); an existing run resumes")
     train.add_argument("--roles", help="comma-separated subset of teacher,baseline,student")
+    train.add_argument("--nproc", type=int, default=1,
+                       help="data parallel over N local processes (each a slice of every batch); under torchrun "
+                            "the ranks are the processes")
     train.add_argument("--quiet", action="store_true", help="no progress output")
     train.set_defaults(handler=_train)
 

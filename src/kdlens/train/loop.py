@@ -40,6 +40,9 @@ from kdlens import __version__
 from kdlens.config import OptimConfig
 from kdlens.errors import CheckpointError, TrainingDiverged, UsageError
 from kdlens.store import CheckpointStore, load_weights
+from kdlens.train.distributed import (
+    SliceOfEachBatch, average_gradients, barrier, is_writer, mean_over_ranks, world,
+)
 from kdlens.train.evaluate import evaluate
 from kdlens.train.optim import build_optimizer
 from kdlens.seeding import derive_seed, seed_everything
@@ -212,9 +215,10 @@ def run_updates(model: nn.Module, updates: Sequence[Update], optimizers: Sequenc
             loss.backward()
         else:
             loss = update.backward(output, params)
-        value = loss.item()
+        value = mean_over_ranks(loss.item())  # the same on every rank, so all stop together
         if not math.isfinite(value):  # before the step, which would spread it to the weights
             raise NonFiniteLoss(update.loss_name, value)
+        average_gradients(params)  # data-parallel: every rank takes the same step
         optimizer.step()
         values.append(value)
     return values
@@ -270,7 +274,9 @@ def train_phases(
     model.to(device)
     for module in extra_modules.values():
         module.to(device)
-    store.remove_partial_files()
+    writer = is_writer()  # one process of several writes the checkpoints (train.distributed)
+    if writer:
+        store.remove_partial_files()
     total = sum(p.optim.epochs for p in phases)
 
     def snapshot(epoch: int, phase: Optional[Phase], phase_epoch: int, optimizers, schedulers, history) -> None:
@@ -289,10 +295,12 @@ def train_phases(
             "history": history,
             "kdlens_version": __version__,
         }
-        store.save(epoch, state)
-        store.write_history(history)
+        if writer:
+            store.save(epoch, state)
+            store.write_history(history)
 
     start = store.latest()
+    barrier()  # every rank has read where to start before rank 0 writes anything
     if start is None:
         history = [report.measure(0, None, None, 0.0)]
         snapshot(0, None, 0, None, None, history)
@@ -334,9 +342,16 @@ def train_phases(
                 batch_size = phase.optim.batch_size
                 # A last batch of one sample breaks batch norm in train mode.
                 drop_last = len(train_set) % batch_size == 1
-                loader = DataLoader(
-                    train_set, batch_size=batch_size, shuffle=True, generator=generator, drop_last=drop_last
-                )
+                rank, ranks = world()
+                if ranks == 1:
+                    loader = DataLoader(
+                        train_set, batch_size=batch_size, shuffle=True, generator=generator, drop_last=drop_last
+                    )
+                else:
+                    # the loader's generator too: its iterator draws a seed from it before the
+                    # permutation, as a shuffled loader does
+                    loader = DataLoader(train_set, generator=generator, batch_sampler=SliceOfEachBatch(
+                        len(train_set), batch_size, generator, rank, ranks))
                 _set_modes(model, phase)
                 sums, batches = [0.0] * len(phase.updates), 0
                 inner = tqdm(loader, desc=f"{role} {phase.name} epoch {epoch}/{total}", leave=False,
@@ -370,4 +385,5 @@ def train_phases(
         for p in model.parameters():
             p.requires_grad_(True)
         model.eval()
+    barrier()  # the checkpoints are on disk for every rank that reads them next
     return history
