@@ -36,23 +36,27 @@ def check_device(name: str) -> str:
     return name
 
 
-def non_finite(value: Any, path: str = "") -> Optional[tuple[str, float]]:
-    """The first ``(key path, number)`` in a nest of mappings and lists whose
-    number is infinite or NaN, else None. Shared and recursive parts (YAML
-    aliases) are visited once."""
+def _walk(value: Any, path: str = ""):
+    """Every ``(key path, item)`` of a nest of mappings and lists, containers
+    included; shared and recursive parts (YAML aliases) are entered once."""
     seen: set[int] = set()
     pending = [(path, value)]
     while pending:
         where, item = pending.pop()
-        if isinstance(item, float) and not math.isfinite(item):
-            return where, item
+        yield where, item
         if isinstance(item, (dict, list, tuple)):
             if id(item) in seen:
                 continue
             seen.add(id(item))
             pairs = item.items() if isinstance(item, dict) else enumerate(item)
             pending.extend((f"{where}.{k}" if where else str(k), v) for k, v in reversed(list(pairs)))
-    return None
+
+
+def non_finite(value: Any, path: str = "") -> Optional[tuple[str, float]]:
+    """The first ``(key path, number)`` in a nest of mappings and lists whose
+    number is infinite or NaN, else None."""
+    return next(((where, item) for where, item in _walk(value, path)
+                 if isinstance(item, float) and not math.isfinite(item)), None)
 
 
 def key_error(inner: str, expected: str, value: Any = None, *, show_value: bool = True) -> PydanticCustomError:
@@ -71,19 +75,7 @@ def not_plain(value: Any, path: str = "") -> Optional[tuple[str, Any]]:
     """The first ``(key path, value)`` in a nest of mappings and lists that is not
     a plain YAML value (a string, number, true/false, null, list or mapping; YAML's
     ``!!binary`` gives bytes, for example), else None."""
-    seen: set[int] = set()
-    pending = [(path, value)]
-    while pending:
-        where, item = pending.pop()
-        if not isinstance(item, PLAIN):
-            return where, item
-        if isinstance(item, (dict, list, tuple)):
-            if id(item) in seen:
-                continue
-            seen.add(id(item))
-            pairs = item.items() if isinstance(item, dict) else enumerate(item)
-            pending.extend((f"{where}.{k}" if where else str(k), v) for k, v in reversed(list(pairs)))
-    return None
+    return next(((where, item) for where, item in _walk(value, path) if not isinstance(item, PLAIN)), None)
 
 
 def finite_options(options: dict[str, Any]) -> dict[str, Any]:

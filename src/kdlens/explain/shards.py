@@ -31,13 +31,10 @@ from typing import Any, Optional
 
 import torch
 
-from kdlens.errors import KdlensError, UsageError
+from kdlens.errors import UsageError
 from kdlens.explain.analyze import AnalysisSettings, RoleAnalysis, analyze_run
 from kdlens.store import RunDirectory
-
-
-class ShardFailed(KdlensError):
-    """A shard of a sharded analysis did not finish."""
+from kdlens.train.distributed import run_in_processes, world
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -56,35 +53,25 @@ def torchrun_shard() -> Optional[tuple[int, int]]:
     return (int(os.environ.get("RANK", "0")), world) if world > 1 else None
 
 
-def _run_shard(root: str, settings: AnalysisSettings, sample_count: int, shard: tuple[int, int], threads: int,
+def _run_shard(root: str, settings: AnalysisSettings, sample_count: int, threads: int,
                options: dict[str, Any]) -> None:
+    """One local process's shard: its rank of the process group ``run_in_processes`` made."""
     torch.set_num_threads(threads)
-    analyze_run(root, settings, sample_count, shard=shard, progress=False, **options)
+    analyze_run(root, settings, sample_count, shard=world(), progress=False, **options)
 
 
 def analyze_in_processes(run: RunDirectory | str, settings: AnalysisSettings, sample_count: int, nproc: int, *,
                          threads: Optional[int] = None, **options: Any) -> dict[str, RoleAnalysis]:
     """Run the n shards in ``nproc`` local processes (``threads`` intra-op threads
     each; default: this process's threads shared out), then assemble in this
-    process. ``options``: :func:`analyze_run`'s split, max_epochs, final_only."""
+    process. ``options``: :func:`analyze_run`'s split, max_epochs, final_only.
+    A shard that fails raises once all have stopped; what they computed is cached."""
     if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
         raise UsageError(f"nproc = {nproc!r}: expected an integer >= 1")
     root = str(RunDirectory(run).root if not isinstance(run, RunDirectory) else run.root)
     if nproc > 1:
         threads = threads or max(1, torch.get_num_threads() // nproc)
-        context = torch.multiprocessing.get_context("spawn")
-        workers = [context.Process(target=_run_shard, args=(root, settings, sample_count, (rank, nproc), threads,
-                                                            options), name=f"kdlens-shard-{rank}")
-                   for rank in range(nproc)]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join()
-        failed = [(rank, worker.exitcode) for rank, worker in enumerate(workers) if worker.exitcode != 0]
-        if failed:
-            shown = ", ".join(f"shard {rank} (exit code {code})" for rank, code in failed)
-            raise ShardFailed(f"{shown} of {nproc} did not finish; what they computed is cached: run the same "
-                              "command again to resume")
+        run_in_processes(_run_shard, nproc, root, settings, sample_count, threads, options)
     return analyze_run(root, settings, sample_count, **options)
 
 

@@ -106,7 +106,7 @@ class SliceOfEachBatch(torch.utils.data.Sampler):
 def _process(rank: int, ranks: int, address: str, target, args: tuple) -> None:
     import torch.distributed as dist
 
-    torch.set_num_threads(max(1, torch.get_num_threads() // ranks))
+    torch.set_num_threads(max(1, torch.get_num_threads() // ranks))  # the target may choose otherwise
     dist.init_process_group("gloo", init_method=address, rank=rank, world_size=ranks)
     try:
         target(*args)
@@ -135,8 +135,8 @@ def run_in_processes(target, ranks: int, *args) -> None:
     failed = [(rank, p.exitcode) for rank, p in enumerate(processes) if p.exitcode != 0]
     if failed:
         shown = ", ".join(f"rank {rank} (exit code {code})" for rank, code in failed)
-        raise KdlensError(f"{shown} of {ranks} processes failed; the checkpoints written so far are kept: run "
-                          "the same command again to resume")
+        raise KdlensError(f"{shown} of {ranks} processes failed; what they wrote (checkpoints, cached "
+                          "measurements) is kept: run the same command again to resume")
 
 
 def join_torchrun() -> bool:
