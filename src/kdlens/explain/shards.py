@@ -41,16 +41,16 @@ def parse_shard(text: str) -> tuple[int, int]:
     """``"K/N"`` -> (K, N) with 0 <= K < N, or a one-line :class:`UsageError`."""
     parts = text.split("/")
     if len(parts) == 2 and all(part.strip().isdigit() for part in parts):
-        rank, world = int(parts[0]), int(parts[1])
-        if 0 <= rank < world:
-            return rank, world
+        rank, count = int(parts[0]), int(parts[1])
+        if 0 <= rank < count:
+            return rank, count
     raise UsageError(f"--shard {text!r}: expected K/N with 0 <= K < N, e.g. 0/2")
 
 
 def torchrun_shard() -> Optional[tuple[int, int]]:
     """(rank, world size) when this process was started by torchrun with more than one process, else None."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return (int(os.environ.get("RANK", "0")), world) if world > 1 else None
+    count = int(os.environ.get("WORLD_SIZE", "1"))
+    return (int(os.environ.get("RANK", "0")), count) if count > 1 else None
 
 
 def _run_shard(root: str, settings: AnalysisSettings, sample_count: int, threads: int,
