@@ -72,6 +72,8 @@ def test_each_rank_takes_its_slice_of_the_single_process_batches():
     assert slices[0] == [order[0:2], order[4:6]] and slices[1] == [order[2:4], order[6:8]]  # the last 2 dropped
     with pytest.raises(UsageError, match="batch_size = 5 cannot be split over 2 processes"):
         SliceOfEachBatch(10, 5, torch.Generator(), 0, 2)
+    with pytest.raises(UsageError, match="the training set has 3 samples, fewer than batch_size = 4"):
+        SliceOfEachBatch(3, 4, torch.Generator(), 0, 2)
 
 
 def test_kdlens_train_runs_on_two_processes(tmp_path):

@@ -90,6 +90,9 @@ class SliceOfEachBatch(torch.utils.data.Sampler):
         if batch_size % ranks:
             raise UsageError(f"batch_size = {batch_size} cannot be split over {ranks} processes; expected a "
                              f"multiple of {ranks}")
+        if size < batch_size:
+            raise UsageError(f"the training set has {size} samples, fewer than batch_size = {batch_size}; expected "
+                             f"at least one whole batch to split over {ranks} processes")
         self.size, self.batch_size, self.generator = size, batch_size, generator
         self.rank, self.ranks = rank, ranks
 
