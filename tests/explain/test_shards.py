@@ -89,3 +89,12 @@ def test_shard_names_are_checked():
             parse_shard(bad)
     with pytest.raises(UsageError, match="nproc = 0: expected an integer >= 1"):
         analyze_in_processes("anywhere", SETTINGS, 5, 0)
+
+
+def test_the_command_line_checks_its_shard_options(run, capsys):
+    from kdlens.cli import main
+
+    assert main(["analyze", str(run.root), "--nproc", "0"]) != 0
+    assert "--nproc 0: expected an integer >= 1" in capsys.readouterr().err
+    assert main(["analyze", str(run.root), "--shard", "2/2"]) != 0
+    assert "--shard '2/2': expected K/N with 0 <= K < N" in capsys.readouterr().err
