@@ -33,7 +33,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -268,15 +268,18 @@ class RunDirectory:
     def config_path(self) -> Path:
         return self.root / "config.yaml"
 
-    def initialise(self, config_text: str, seed: int) -> None:
+    def initialise(self, config_text: str, seed: int, same: Optional[Callable[[str], bool]] = None) -> None:
         """Write the resolved config and metadata, or check that a run being
         resumed was made by the same config (mixing two configs in one run
-        directory would make its results meaningless)."""
+        directory would make its results meaningless). ``same(existing text)``
+        says whether a config written differently is the same config (one
+        written by an earlier kdlens lacks the keys added since, at their
+        defaults)."""
         from kdlens import __version__
 
         if self.config_path.is_file():
             existing = self.config_path.read_text()
-            if existing != config_text:
+            if existing != config_text and not (same is not None and same(existing)):
                 raise UsageError(
                     f"run directory {str(self.root)!r} was made by a different config; "
                     "expected the same config to resume it (use another --out to start a new run)"

@@ -20,12 +20,13 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
+import yaml
 from torch.utils.data import Dataset
 
 from kdlens.builders import build_datasets, build_network, resolve_device, student_split
-from kdlens.config import ExperimentConfig, dump_config
+from kdlens.config import ExperimentConfig, dump_config, parse_config
 from kdlens.distill import METHODS
-from kdlens.errors import ConfigError, TeacherNotTrained, UsageError
+from kdlens.errors import ConfigError, KdlensError, TeacherNotTrained, UsageError
 from kdlens.models import NamedLayerModel
 from kdlens.store import RunDirectory, load_checkpoint_file, load_weights
 from kdlens.train.joint import prepare_method
@@ -151,6 +152,14 @@ def train_student(
     return student
 
 
+def _same_config(existing: str, text: str) -> bool:
+    """Whether a run directory's config text, read by this kdlens, is the config ``text``."""
+    try:
+        return dump_config(parse_config(yaml.safe_load(existing)), training_only=True) == text
+    except (KdlensError, yaml.YAMLError):
+        return False
+
+
 def train_roles(
     config: ExperimentConfig, out: str | Path, roles: Optional[list[str]] = None, *, progress: bool = True,
     datasets: Optional[tuple[Dataset, Dataset]] = None,
@@ -160,7 +169,8 @@ def train_roles(
     resolve_device(config.device)
     datasets = datasets or build_datasets(config)
     run = RunDirectory(out)
-    run.initialise(dump_config(config, training_only=True), config.seed)
+    text = dump_config(config, training_only=True)
+    run.initialise(text, config.seed, same=lambda existing: _same_config(existing, text))
     teacher = None
     for role in [r for r in ("teacher", "baseline", "student") if r in (roles or config.train)]:
         if role == "student":
