@@ -4,8 +4,10 @@ For one role (teacher, baseline, student) and one layer, the information
 discarding of a fixed set of samples is computed at each chosen checkpoint and
 written to ``RUN/analysis/<layer>-<key>/<role>/epoch_XXX.pt`` (``key`` is a hash
 of the estimator and its settings, so other settings never read stale
-results). A cached checkpoint is not computed again; asking for more samples
-computes only the new ones; an interrupted analysis resumes where it stopped.
+results), and by shards of a split analysis into ``epoch_XXX.shard<k>.pt``
+(``kdlens.explain.shards``). A cached checkpoint is not computed again; asking
+for more samples computes only the new ones; an interrupted analysis resumes
+where it stopped.
 
 Which samples: training images that the student and the baseline trained on
 (the run's ``student_split``; the teacher saw them too), as the authors
