@@ -120,6 +120,7 @@ def check_models_take_data(data: Any, models: dict[str, Optional["ModelConfig"]]
 # the named layers of the text models (kdlens.models.bert): embeddings, layer1 .. layerL, then pooler and
 # classifier (bert) or spans (bert_qa)
 TEXT_LAYER = re.compile(r"embeddings|layer[1-9][0-9]*|pooler|classifier|spans")
+TEXT_LAYERS = "embeddings, layer1 .. layerL, pooler, classifier (bert) or spans (bert_qa)"
 
 
 def paper_layer(layer: str) -> str:
@@ -128,7 +129,7 @@ def paper_layer(layer: str) -> str:
     configured models have it is checked with the data (:func:`check_layers_fit_data`)."""
     if layer not in PAPER_LAYERS and not TEXT_LAYER.fullmatch(layer):
         raise ValueError(f"the models have no layer {layer!r}; expected one of {', '.join(PAPER_LAYERS)} "
-                         "(images, point clouds) or embeddings, layer1 .. layerL, pooler, classifier (text)")
+                         f"(images, point clouds) or, for text, {TEXT_LAYERS}")
     return layer
 
 
@@ -169,8 +170,8 @@ def check_layers_fit_data(data: Any, layers: dict[str, Optional[str]]) -> None:
         if layer is None:
             continue
         if text and not TEXT_LAYER.fullmatch(layer):
-            raise ValueError(f"{key} = {layer!r}: the text models' layers are embeddings, layer1 .. layerL, "
-                             "pooler and classifier (the paper measures the last hidden layer, layerL)")
+            raise ValueError(f"{key} = {layer!r}: the text models' layers are {TEXT_LAYERS} (the paper "
+                             "measures the last hidden layer, layerL)")
         if not text and layer not in PAPER_LAYERS:
             raise ValueError(f"{key} = {layer!r}: expected one of {', '.join(PAPER_LAYERS)} for {data.name!r} data")
 
@@ -353,38 +354,37 @@ class SentencesData(_TextData):
                 "num_samples": self.train_size if split == "train" else self.test_size}
 
 
-class SST2Data(_TextData):
-    name: Literal["sst2"]
+class _TextFiles(_TextData):
+    """Text read from ``path``, whose labelled test set is its dev split (GLUE's
+    SST-2 test.tsv has no labels; SQuAD's test set is hidden)."""
+
     path: Path
-    max_tokens: int = Field(64, ge=4, description="word pieces per sentence, [CLS] and [SEP] included")
     vocab_size: int = Field(8000, ge=16, description="size of the WordPiece vocabulary trained on the data")
-    lexicon_threshold: float = Field(1.0, gt=0.0, description="|VADER valence| that makes a word foreground")
 
     _root = field_validator("path")(classmethod(lambda cls, path: dataset_root(path)))
 
     def dataset_options(self, split: str, seed: int) -> dict[str, Any]:
-        # GLUE's test.tsv has no labels: the dev split is the test set
         return {**super().dataset_options(split, seed), "root": self.path,
-                "split": "train" if split == "train" else "dev", "lexicon_threshold": self.lexicon_threshold}
+                "split": "train" if split == "train" else "dev"}
 
 
-class SquadData(_TextData):
+class SST2Data(_TextFiles):
+    name: Literal["sst2"]
+    max_tokens: int = Field(64, ge=4, description="word pieces per sentence, [CLS] and [SEP] included")
+    lexicon_threshold: float = Field(1.0, gt=0.0, description="|VADER valence| that makes a word foreground")
+
+    def dataset_options(self, split: str, seed: int) -> dict[str, Any]:
+        return {**super().dataset_options(split, seed), "lexicon_threshold": self.lexicon_threshold}
+
+
+class SquadData(_TextFiles):
     """SQuAD v1.1 (``train-v1.1.json``, ``dev-v1.1.json`` under ``path``): the
     answer's words are the foreground; one class per (start, end) span, so the
     model is ``bert_qa``."""
 
     spans: ClassVar[bool] = True
     name: Literal["squad"]
-    path: Path
     max_tokens: int = Field(128, ge=4, description="word pieces of question and context, special tokens included")
-    vocab_size: int = Field(8000, ge=16, description="size of the WordPiece vocabulary trained on the data")
-
-    _root = field_validator("path")(classmethod(lambda cls, path: dataset_root(path)))
-
-    def dataset_options(self, split: str, seed: int) -> dict[str, Any]:
-        # the official test set is hidden: the dev split is the test set
-        return {**super().dataset_options(split, seed), "root": self.path,
-                "split": "train" if split == "train" else "dev"}
 
 
 DataConfig = Annotated[Union[SyntheticData, CubData, FolderData, PointShapesData, ModelNetData, SentencesData,
