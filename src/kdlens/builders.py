@@ -45,9 +45,10 @@ def build_datasets(config: ExperimentConfig) -> tuple[Dataset, Dataset]:
     # a section may name its dataset's own split (SST-2's and SQuAD's test set is "dev")
     datasets = tuple(DATASETS.build(data.name, **{"split": split, **data.dataset_options(split, config.seed)})
                      for split in ("train", "test"))
-    if hasattr(data, "model_options"):  # text: the model's embedding table must hold every token id
-        room = data.model_options()["vocab_size"]
-        if datasets[0].vocab_size > room:
+    # text: the model's embedding table (data.vocab_size, or a given tokenizer's own size) must hold
+    # every token id; only a tokenizer trained on the data can come out larger than asked
+    if getattr(data, "modality", "image") == "text" and data.tokenizer is None:
+        if datasets[0].vocab_size > data.vocab_size:
             raise ConfigError(f"data.vocab_size = {data.vocab_size}: the tokenizer trained on the data has "
                               f"{datasets[0].vocab_size} pieces (the corpus's characters need them); expected a "
                               f"vocab_size of at least {datasets[0].vocab_size}")

@@ -344,9 +344,10 @@ def analyze_role(
                 options = settings.engine_options(arch, warm)
                 rows_of_chunk = [position[i] for i in chunk]
                 chunk_units = units if layout.shared else units[rows_of_chunk]
-                own = layout.n if layout.shared else int(chunk_units.max()) + 1  # the chunk's units
+                # each sample's own units, and the chunk's: the most any of its samples has
+                counts = layout.present[rows_of_chunk].sum(1).tolist()
                 if warm:
-                    options["init_sigma"] = torch.stack([_units_of(previous_records[i]["sigma"], own)
+                    options["init_sigma"] = torch.stack([_units_of(previous_records[i]["sigma"], max(counts))
                                                          for i in chunk])
                 result = information_discarding(
                     model, analysed[rows_of_chunk], settings.layer, chunk_units,
@@ -354,7 +355,6 @@ def analyze_role(
                 )
                 # each sample's sigma over its own units, so that a record does not depend on
                 # which other samples were analysed with it (their sentences may be longer)
-                counts = layout.present[rows_of_chunk].sum(1).tolist()
                 for k, i in enumerate(chunk):
                     records[i] = {
                         "sigma": result.sigma[k, :counts[k]].clone(), "valid": bool(result.valid[k]),
@@ -364,8 +364,8 @@ def analyze_role(
                 if shard is None:
                     cache.save(role, epoch, records)
                 else:  # a shard writes only its own samples, into its own file
-                    own = {i: records[i] for batch in mine for i in batch if i in records}
-                    cache.save(role, epoch, own, shard=shard[0])
+                    cache.save(role, epoch, {i: records[i] for batch in mine for i in batch if i in records},
+                               shard=shard[0])
         rows.append(records)
         previous_records = records
     if shard is not None:

@@ -236,7 +236,7 @@ class BertSpans(_BertStages):
     @classmethod
     def from_pretrained(cls, directory: str | Path, num_classes: Optional[int] = None) -> "BertSpans":
         """A question-answering BERT from a local directory; nothing is downloaded. ``num_classes``
-        (T * T spans) is not a size of the network and only checked against its positions."""
+        (T * T spans) is not a size of the network: its span head fits any T (``bert_qa`` checks T)."""
         return cls(cls._load(directory))
 
 
