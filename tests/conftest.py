@@ -38,3 +38,23 @@ def strict_json():
 
         return json.loads(path.read_text(), parse_constant=reject)
     return read
+
+
+@pytest.fixture
+def rerun_matches():
+    """Checks that ``kdlens validate`` run again in ``out`` reuses the trained networks and,
+    measuring again from their saved weights, gives the numbers ``first`` holds."""
+    def check(out, first, settings):
+        from kdlens.validate import ESTIMATORS, NETWORKS, run_validation
+
+        for path in (out / "measurements").iterdir():  # measured again, from the saved weights
+            path.unlink()
+        again = run_validation(out, progress=False, settings=settings)
+        assert all(again["accuracy"][n]["reused"] for n in NETWORKS)
+        for network in NETWORKS:
+            for estimator in ESTIMATORS:
+                a, b = dict(again[network][estimator]), dict(first[network][estimator])
+                a.pop("seconds"), b.pop("seconds")
+                assert a == b
+        assert again["bars"] == first["bars"]
+    return check

@@ -67,18 +67,8 @@ def test_json_shape(tiny_run, strict_json):
     assert "foreground share of the points: 0.500" in report and "acceptance bars" in report
 
 
-def test_rerun_reuses_the_networks_and_gives_the_same_numbers(tiny_run):
-    out, first = tiny_run
-    for path in (out / "measurements").iterdir():  # measured again, from the saved weights
-        path.unlink()
-    again = run_validation(out, progress=False, settings=TINY)
-    assert all(again["accuracy"][n]["reused"] for n in NETWORKS)
-    for network in NETWORKS:
-        for estimator in ESTIMATORS:
-            a, b = dict(again[network][estimator]), dict(first[network][estimator])
-            a.pop("seconds"), b.pop("seconds")
-            assert a == b
-    assert again["bars"] == first["bars"]
+def test_rerun_reuses_the_networks_and_gives_the_same_numbers(tiny_run, rerun_matches):
+    rerun_matches(*tiny_run, TINY)
 
 
 def test_other_point_settings_in_the_same_directory_are_an_error(tiny_run):
