@@ -125,6 +125,21 @@ def test_same_seed_same_result():
     assert not torch.equal(a.sigma, c.sigma)
 
 
+def test_sample_seeds_make_a_sample_independent_of_its_batch():
+    """One noise stream per sample: a sample's sigma is the same alone, in a batch, or
+    with another chunk size (the analysis's chunks and shards rely on it)."""
+    lin, x, u = linear(), torch.randn(3, 8), element_units((8,))
+    batched = information_discarding(lin, x, None, u, steps=40, sample_seeds=[4, 5, 6])
+    swapped = information_discarding(lin, x.flip(0), None, u, steps=40, sample_seeds=[6, 5, 4], max_batch=5)
+    for b, seed in enumerate([4, 5, 6]):
+        alone = information_discarding(lin, x[b : b + 1], None, u, steps=40, sample_seeds=[seed])
+        torch.testing.assert_close(batched.sigma[b : b + 1], alone.sigma, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(batched.feature_variance[b : b + 1], alone.feature_variance)
+    torch.testing.assert_close(batched.sigma, swapped.sigma.flip(0), rtol=1e-5, atol=1e-6)
+    other = information_discarding(lin, x, None, u, steps=40, sample_seeds=[4, 5, 7])
+    assert torch.equal(batched.sigma[:2], other.sigma[:2]) and not torch.equal(batched.sigma[2], other.sigma[2])
+
+
 class Boom(nn.Module):
     def forward(self, x):
         raise AssertionError("a stage above the measured layer was run")

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdlens.explain import grid_units, information_discarding, paper_defaults
+from kdlens.errors import UsageError
 from kdlens.explain.paper import NOISY_COPIES, STEPS
 
 
@@ -78,6 +79,36 @@ def test_batched_equals_one_image_reference(lam):
         torch.testing.assert_close(result.sigma[b], sigma, rtol=1e-5, atol=1e-7)
     assert torch.allclose(result.entropy, result.sigma.log() + 0.5 * math.log(2 * math.pi * math.e))
     assert ((result.sigma >= 0.001) & (result.sigma <= 1)).all()
+
+
+def test_sample_seeds_give_each_image_the_answer_of_a_run_on_it_alone():
+    """With one noise stream per sample, the batched recipe is the authors' one-image
+    procedure run with that image's seed: its 96 copies for delta_f^2, then 96 per step."""
+    model = small_cnn(3).eval()
+    images = torch.randn(3, 3, 8, 8)
+    seeds = [101, 7, 2**40 + 5]
+    result = information_discarding(model, images, None, grid_units(8, 8, 4), estimator="paper",
+                                    entropy_weight=7.0, sample_seeds=seeds)
+    for b, seed in enumerate(seeds):
+        own = torch.Generator().manual_seed(seed)
+        var_noise = torch.randn((NOISY_COPIES, 3, 8, 8), generator=own)
+        step_noise = torch.stack([torch.randn((NOISY_COPIES, 3, 8, 8), generator=own) for _ in range(STEPS)])
+        sigma, sigma_f, ran = reference_sigma(model, images[b : b + 1], 7.0, var_noise, step_noise)
+        assert math.isclose(float(result.feature_variance[b]), sigma_f, rel_tol=1e-5)
+        torch.testing.assert_close(result.sigma[b], sigma, rtol=1e-5, atol=1e-7)
+        alone = information_discarding(model, images[b : b + 1], None, grid_units(8, 8, 4), estimator="paper",
+                                       entropy_weight=7.0, sample_seeds=[seed])
+        torch.testing.assert_close(result.sigma[b : b + 1], alone.sigma, rtol=1e-5, atol=1e-7)
+
+
+def test_sample_seeds_are_checked():
+    images = torch.randn(2, 3, 8, 8)
+    for bad in ([1], [1, 2.5], [1, True]):
+        with pytest.raises(UsageError, match="sample_seeds"):
+            information_discarding(small_cnn(), images, None, grid_units(8, 8, 4), estimator="paper", sample_seeds=bad)
+    with pytest.raises(UsageError, match="both given"):
+        information_discarding(small_cnn(), images, None, grid_units(8, 8, 4), estimator="paper", sample_seeds=[1, 2],
+                               generator=torch.Generator())
 
 
 def test_dead_feature_is_invalid_and_finite():

@@ -13,6 +13,11 @@ Which samples: training images that the student and the baseline trained on
 (the run's ``student_split``; the teacher saw them too), as the authors
 analysed training images; ``split="test"`` draws from the test set instead.
 
+Noise: sample i at checkpoint e draws from its own generator, seeded from
+(seed, role, e, i), so its answer does not depend on which samples share its
+chunk or its shard (``NoiseStreams``); for the paper's recipe it is the answer
+of the authors' one-image procedure given the same seed.
+
 Which checkpoints: every one at which the layer's weights changed (a student's
 layers up to the distilled layer stay fixed in its classification phase, so
 those epochs would repeat the same answer). D_mean, D_var and rho are defined
@@ -125,6 +130,7 @@ class AnalysisSettings:
             ("steps", "lr", "warm_start", "warm_steps", "alpha", "tau", "sigma_max", "noise_samples")
         )
         engine = {k: getattr(self, k) for k in kept}
+        engine["noise"] = "per-sample"  # each sample's own stream (NoiseStreams); earlier caches drew per chunk
         return hashlib.sha256(json.dumps(engine, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -351,7 +357,8 @@ def analyze_role(
                                                          for i in chunk])
                 result = information_discarding(
                     model, analysed[rows_of_chunk], settings.layer, chunk_units,
-                    estimator=settings.estimator, seed=derive_seed(settings.seed, role, epoch, chunk[0]), **options,
+                    estimator=settings.estimator, sample_seeds=[derive_seed(settings.seed, role, epoch, i) for i in chunk],
+                    **options,
                 )
                 # each sample's sigma over its own units, so that a record does not depend on
                 # which other samples were analysed with it (their sentences may be longer)

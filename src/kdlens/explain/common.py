@@ -23,7 +23,7 @@ import math
 import numbers
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Callable, Literal, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -188,6 +188,48 @@ def noisy_distances(
 def randn(shape, generator: torch.Generator, like: Tensor) -> Tensor:
     """Standard normal draws from ``generator`` (on its device), moved to ``like``'s device and dtype."""
     return torch.randn(shape, generator=generator, device=generator.device, dtype=like.dtype).to(like.device)
+
+
+class NoiseStreams:
+    """Where an estimator's noise draws come from.
+
+    Either one generator for the whole batch (``generator``, or one seeded with
+    ``seed``): a draw for B samples is one tensor (S, B, *sample_shape), so a
+    sample's noise depends on its place in the batch and on the batch's size.
+    Or one generator per sample, seeded with ``sample_seeds[b]``: sample b's
+    draws are those of a run on sample b alone with ``sample_seeds=[seed_b]``,
+    whatever else shares its batch, its chunk or its shard. The analysis of a
+    run uses the second, so that its answers equal a one-sample-at-a-time run.
+    """
+
+    def __init__(self, like: Tensor, generator: torch.Generator | None = None, seed: int = 0,
+                 sample_seeds: Sequence[int] | None = None) -> None:
+        self.like = like
+        self.generators: list[torch.Generator] | None = None
+        if sample_seeds is not None:
+            seeds = list(sample_seeds)
+            if generator is not None:
+                raise UsageError("generator and sample_seeds were both given; expected one source of noise")
+            if len(seeds) != like.shape[0] or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool)
+                                                      for s in seeds):
+                raise UsageError(f"sample_seeds = {seeds[:4]}{'...' if len(seeds) > 4 else ''} ({len(seeds)} "
+                                 f"values): expected one integer seed per sample ({like.shape[0]})")
+            self.generators = [torch.Generator(like.device).manual_seed(int(s)) for s in seeds]
+        else:
+            self.generator = generator if generator is not None else torch.Generator(like.device).manual_seed(seed)
+
+    @property
+    def per_sample(self) -> bool:
+        return self.generators is not None
+
+    def draw(self, copies: int, rows: Tensor | None = None) -> Tensor:
+        """(copies, R, *sample_shape) standard normal draws for the samples ``rows`` (default: all).
+        One generator: a single draw for R samples. One per sample: each row's own."""
+        sample_shape = tuple(self.like.shape[1:])
+        picked = range(self.like.shape[0]) if rows is None else rows.tolist()
+        if self.generators is None:
+            return randn((copies, len(picked), *sample_shape), self.generator, self.like)
+        return torch.stack([randn((copies, *sample_shape), self.generators[b], self.like) for b in picked], dim=1)
 
 
 @contextmanager

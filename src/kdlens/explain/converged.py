@@ -66,6 +66,7 @@ size ~lr whatever the gradient.
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -74,6 +75,7 @@ from kdlens.explain.common import (
     DEFAULT_MAX_BATCH,
     HALF_LOG_2PIE,
     DiscardingResult,
+    NoiseStreams,
     check_count,
     check_inputs,
     check_number,
@@ -82,7 +84,6 @@ from kdlens.explain.common import (
     frozen,
     invalid_reasons,
     noisy_distances,
-    randn,
 )
 from kdlens.modalities.units import UnitMap
 from kdlens.errors import UsageError
@@ -117,6 +118,7 @@ def converged_discarding(
     init_sigma: Tensor | None = None,
     generator: torch.Generator | None = None,
     seed: int = 0,
+    sample_seeds: Sequence[int] | None = None,
     progress: bool = False,
     max_batch: int = DEFAULT_MAX_BATCH,
 ) -> DiscardingResult:
@@ -126,7 +128,9 @@ def converged_discarding(
     ``model.named_modules()``, or None for the model's output.  ``units``: a
     unit map broadcastable to one sample, or one per sample (``units.UnitMap``).  ``init_sigma``
     (B, n_units) warm-starts from earlier sigmas.  Randomness comes only from
-    ``generator``, or else a generator seeded with ``seed``. At most
+    ``generator``, or else a generator seeded with ``seed``, or with
+    ``sample_seeds`` from one generator per sample, so that a sample's answer
+    does not depend on the other samples of its batch (``NoiseStreams``). At most
     ``max_batch`` noisy inputs go through the model at once; the result does
     not depend on it (up to float rounding), the memory does.
     """
@@ -153,7 +157,7 @@ def converged_discarding(
         if not bool(torch.isfinite(init_sigma).all() and (init_sigma > 0).all()):
             raise UsageError("init_sigma holds values that are not finite or not > 0; expected finite sigmas > 0")
         log_init = init_sigma.detach().to(x).log().clamp(max=log_max)
-    gen = generator if generator is not None else torch.Generator(x.device).manual_seed(seed)
+    streams = NoiseStreams(x, generator, seed, sample_seeds)
     f = feature_fn(model, layer)
 
     with frozen(model):
@@ -164,7 +168,7 @@ def converged_discarding(
             tau_scale = tau if inside is None else tau * inside.to(x.dtype)
             for start in range(0, variance_samples, noise_samples):
                 s = min(noise_samples, variance_samples - start)
-                sq += noisy_distances(f, x, tau_scale, randn((s, *x.shape), gen, x), f0, max_batch).double()
+                sq += noisy_distances(f, x, tau_scale, streams.draw(s), f0, max_batch).double()
             df2 = sq / variance_samples
         reasons = invalid_reasons(f0, df2)
         valid = torch.tensor([r is None for r in reasons], device=x.device)
@@ -189,7 +193,7 @@ def converged_discarding(
                 # the feature term's gradient is accumulated on a detached copy of sigma chunk by
                 # chunk, then carried back to log sigma in one step
                 scale = sigma_el.detach().requires_grad_(True)
-                noise = randn((noise_samples, *xv.shape), gen, xv)
+                noise = streams.draw(noise_samples, idx)
                 opt.zero_grad(set_to_none=True)
                 dist = noisy_distances(f, xv, scale, noise, f0v, max_batch, weights=weights) / noise_samples
                 entropy_term = alpha * (layout.mean(param, idx) + HALF_LOG_2PIE)

@@ -34,6 +34,10 @@ SGD has no momentum), so one step on the batch equals one step on each image.
 Per step the noise is drawn for the whole batch, (96, B, *sample_shape), and a
 sample that has stopped simply takes no part; a one-image run that is given
 its slice of the same draws gives the same sigma to float tolerance (tested).
+With ``sample_seeds`` every sample draws from its own generator instead, so a
+sample's sigma is the same whichever batch it is in, and equals that of the
+authors' one-image procedure run with the same seed (tested; this is what
+``kdlens analyze`` uses, and what ``benchmarks/analysis_throughput.py`` times).
 The 96 * B noisy inputs of a step (and of the delta_f^2 draw) go through the
 model at most ``max_batch`` at a time (default 128), their gradients
 accumulated; the draws do not depend on ``max_batch``, so neither does the
@@ -49,6 +53,7 @@ the pixel range, so the cap sits at twice the authors' in pixel units.
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -57,6 +62,7 @@ from kdlens.explain.common import (
     DEFAULT_MAX_BATCH,
     HALF_LOG_2PIE,
     DiscardingResult,
+    NoiseStreams,
     check_count,
     check_inputs,
     check_number,
@@ -65,7 +71,6 @@ from kdlens.explain.common import (
     frozen,
     invalid_reasons,
     noisy_distances,
-    randn,
 )
 from kdlens.modalities.units import UnitMap
 from kdlens.errors import UsageError
@@ -124,6 +129,7 @@ def paper_discarding(
     entropy_weight: float = 7.0,
     generator: torch.Generator | None = None,
     seed: int = 0,
+    sample_seeds: Sequence[int] | None = None,
     progress: bool = False,
     max_batch: int = DEFAULT_MAX_BATCH,
 ) -> DiscardingResult:
@@ -131,15 +137,19 @@ def paper_discarding(
 
     Randomness: first the delta_f^2 draw (96, B, ...), then one draw (96, B, ...)
     per step for all 80 steps, from ``generator`` or one seeded with ``seed``.
+    With ``sample_seeds`` (one per sample) each sample draws its own 96 copies
+    from its own generator instead, first for delta_f^2 and then for each step
+    it runs, as the authors' one-image script does; its sigma is then that of
+    a run on it alone (:class:`~kdlens.explain.common.NoiseStreams`).
     At most ``max_batch`` noisy inputs go through the model at once.
     """
     check_number("entropy_weight", entropy_weight)
     check_count("max_batch", max_batch)
     x = check_inputs(inputs)
-    batch, sample_shape = x.shape[0], tuple(x.shape[1:])
+    batch = x.shape[0]
     layout = UnitMap(units.to(x.device), x.shape)
     n = layout.n
-    gen = generator if generator is not None else torch.Generator(x.device).manual_seed(seed)
+    streams = NoiseStreams(x, generator, seed, sample_seeds)
     f = feature_fn(model, layer)
     low, high = SIGMA_BOUNDS
 
@@ -157,8 +167,7 @@ def paper_discarding(
         with torch.no_grad():
             f0 = torch.relu(forward_in_chunks(f, x, max_batch)).reshape(batch, -1)
             start = torch.full((batch, n), SIGMA_INIT, dtype=x.dtype, device=x.device)
-            noise = randn((NOISY_COPIES, batch, *sample_shape), gen, x)
-            df2 = mse(x, expand(start), noise, f0)
+            df2 = mse(x, expand(start), streams.draw(NOISY_COPIES), f0)
         reasons = invalid_reasons(f0, df2)
         valid = torch.tensor([r is None for r in reasons], device=x.device)
 
@@ -174,10 +183,15 @@ def paper_discarding(
 
             steps_iter = tqdm(steps_iter, desc="information discarding (paper)", leave=False)
         for step in steps_iter:
-            noise = randn((NOISY_COPIES, batch, *sample_shape), gen, x)  # drawn for all: same stream whoever stops
             idx = active.nonzero().squeeze(1)
-            if len(idx) == 0:
-                continue
+            if streams.per_sample:  # each running sample's own draw
+                if len(idx) == 0:
+                    break
+                noise = streams.draw(NOISY_COPIES, idx)
+            else:  # drawn for all: the same stream whoever stops
+                noise = streams.draw(NOISY_COPIES)[:, idx]
+                if len(idx) == 0:
+                    continue
             s = nn.Parameter(sigma[idx].clamp(low, high))
             iterates[step, idx] = s.detach()
             h = layout.mean(s.log(), idx) + HALF_LOG_2PIE
@@ -185,7 +199,7 @@ def paper_discarding(
             # expanded sigma, then is carried back to s together with the entropy term's
             expanded = expand(s, idx)
             scale = expanded.detach().requires_grad_(True)
-            feature_term = mse(x[idx], scale, noise[:, idx], f0[idx], weights=1.0 / df2[idx])
+            feature_term = mse(x[idx], scale, noise, f0[idx], weights=1.0 / df2[idx])
             torch.autograd.backward([expanded, -(weight[idx] * h).sum()], [scale.grad, None])
             loss = feature_term / df2[idx] - weight[idx] * h.detach()
             with torch.no_grad():
