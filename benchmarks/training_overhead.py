@@ -89,32 +89,31 @@ def kdlens(model, train_set, test_set, optim: OptimConfig, seed: int) -> tuple[f
     return total, evaluate.seconds, save.seconds + history.seconds
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--train", type=int, default=600, help="training images (default 600)")
-    parser.add_argument("--test", type=int, default=1000, help="test images (default 1000)")
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    train_set = SyntheticShapes(split="train", num_samples=args.train, image_size=32, num_classes=6, seed=0)
-    test_set = SyntheticShapes(split="test", num_samples=args.test, image_size=32, num_classes=6, seed=0)
+def measure(train: int, test: int, epochs: int, runs: int, threads: int) -> dict:
+    """Median seconds of the plain loop and of kdlens's, and of kdlens's evaluation and writes."""
+    torch.set_num_threads(threads)
+    train_set = SyntheticShapes(split="train", num_samples=train, image_size=32, num_classes=6, seed=0)
+    test_set = SyntheticShapes(split="test", num_samples=test, image_size=32, num_classes=6, seed=0)
     torch.manual_seed(0)
     initial = build_model("vgg11", num_classes=6, image_size=32, width=0.125)
-    optim = OptimConfig(epochs=args.epochs, batch_size=64, lr=0.05)
+    optim = OptimConfig(epochs=epochs, batch_size=64, lr=0.05)
     plain(copy.deepcopy(initial), train_set, optim.model_copy(update={"epochs": 1}), 1, seed=99)  # warm-up, not timed
     plains, kdlenses, evaluations, writes = [], [], [], []
-    for run in range(args.runs):
-        plains.append(plain(copy.deepcopy(initial), train_set, optim, args.epochs, seed=run))
+    for run in range(runs):
+        plains.append(plain(copy.deepcopy(initial), train_set, optim, epochs, seed=run))
         total, evaluating, writing = kdlens(copy.deepcopy(initial), train_set, test_set, optim, seed=run)
         kdlenses.append(total)
         evaluations.append(evaluating)
         writes.append(writing)
-    p, k = statistics.median(plains), statistics.median(kdlenses)
-    e, w = statistics.median(evaluations), statistics.median(writes)
-    print(f"{args.train} training and {args.test} test images, {args.epochs} epochs, {args.threads} threads, "
-          f"median of {args.runs} runs")
+    return {"train": train, "test": test, "epochs": epochs, "runs": runs, "threads": threads,
+            "plain": statistics.median(plains), "kdlens": statistics.median(kdlenses),
+            "evaluate": statistics.median(evaluations), "writes": statistics.median(writes)}
+
+
+def report(m: dict) -> None:
+    p, k, e, w = m["plain"], m["kdlens"], m["evaluate"], m["writes"]
+    print(f"training overhead: {m['train']} training and {m['test']} test images, {m['epochs']} epochs, "
+          f"{m['threads']} threads, median of {m['runs']} runs")
     print(f"plain PyTorch loop  {p:8.2f} s")
     print(f"kdlens train_phases {k:8.2f} s   ratio {k / p:.2f}")
     print(f"  of which evaluate (train and test accuracy every epoch, and of the initial weights) {e:6.2f} s "
@@ -123,6 +122,17 @@ def main() -> None:
           f"({w / k:.0%})")
     print(f"  the rest (training, loaders, checks)                                            {k - e - w:6.2f} s; "
           f"ratio without evaluation and writes {(k - e - w) / p:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--train", type=int, default=600, help="training images (default 600)")
+    parser.add_argument("--test", type=int, default=1000, help="test images (default 1000)")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    report(measure(args.train, args.test, args.epochs, args.runs, args.threads))
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from kdlens.builders import build_datasets, build_network, student_split
+from kdlens.builders import build_datasets, build_network, resolve_device, student_split
 from kdlens.config import load_config
 from kdlens.explain.dynamics import distance_to_peak, stability, weight_distances
 from kdlens.explain.estimator import HALF_LOG_2PIE, check_estimator, information_discarding
@@ -251,6 +251,7 @@ def analyze_role(
     datasets: Optional[tuple[Dataset, Dataset]] = None,
     progress: bool = True,
     shard: Optional[tuple[int, ...]] = None,
+    device: Optional[torch.device] = None,
 ) -> Optional[RoleAnalysis]:
     """Compute (or read from the cache) the information discarding of
     ``sample_count`` fixed samples of ``split`` at the checkpoints of ``role``.
@@ -264,7 +265,11 @@ def analyze_role(
     checkpoint (a batch's warm starts stay in one shard; ``turn`` spreads the
     roles' first batches over the shards),
     so that the cache ends up holding what one process would have written;
-    an unsharded call then assembles the analysis from it."""
+    an unsharded call then assembles the analysis from it.
+
+    ``device``: where the estimators run (default: the run config's
+    ``device``, so ``auto`` takes a GPU when there is one); the cache and the
+    returned analysis hold CPU tensors."""
     run = RunDirectory(run) if not isinstance(run, RunDirectory) else run
     if split not in ("train", "test"):
         raise UsageError(f"split = {split!r}: expected 'train' or 'test'")
@@ -281,9 +286,14 @@ def analyze_role(
     masks = torch.stack([s.mask for s in samples])
     modality = modality_of(dataset)
     model_config = config.resolved_teacher_model if role == "teacher" else config.model
-    model = build_network(model_config, config, len(dataset.classes), init=role)
+    device = resolve_device(config.device) if device is None else torch.device(device)
+    model = build_network(model_config, config, len(dataset.classes), init=role).to(device)
+    on_device = images.to(device)  # the units and the foreground are worked out on the CPU copy
+    if on_device.dim() == 4:  # images: convolutions run faster channels-last (benchmarks/analysis_throughput.py)
+        model = model.to(memory_format=torch.channels_last)
+        on_device = on_device.contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
-        shape = modality.analysed(model, images).shape  # the weights change per checkpoint, the shape does not
+        shape = modality.analysed(model, on_device).shape  # the weights change per checkpoint, the shape does not
     units = modality.batch_units(images, torch.empty(shape, device="meta"), settings.grid)
     layout = UnitMap(units, shape)
     foreground = modality.foreground(masks, units, settings.foreground_rule)
@@ -343,7 +353,7 @@ def analyze_role(
             # Only the stages up to the layer run, and their weights are already in memory.
             model.load_state_dict(layer_states[epoch], strict=False)
             with torch.no_grad():
-                analysed = modality.analysed(model, images)
+                analysed = modality.analysed(model, on_device)
             for chunk in chunks:
                 warm = (settings.estimator == "converged" and settings.warm_start
                         and all(i in previous_records for i in chunk))
@@ -364,7 +374,7 @@ def analyze_role(
                 # which other samples were analysed with it (their sentences may be longer)
                 for k, i in enumerate(chunk):
                     records[i] = {
-                        "sigma": result.sigma[k, :counts[k]].clone(), "valid": bool(result.valid[k]),
+                        "sigma": result.sigma[k, :counts[k]].cpu().clone(), "valid": bool(result.valid[k]),
                         "converged": bool(result.converged[k]), "reason": result.invalid_reason[k],
                         "entropy_weight": weight,
                     }

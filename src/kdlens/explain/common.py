@@ -174,7 +174,10 @@ def noisy_distances(
         stop = min(start + max_batch, rows_total)
         owner = torch.arange(start, stop, device=x.device) % batch
         step = scale[owner] if isinstance(scale, Tensor) else scale
-        feature = f(x[owner] + step * flat[start:stop]).reshape(stop - start, -1)
+        noisy = x[owner] + step * flat[start:stop]
+        if noisy.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+            noisy = noisy.contiguous(memory_format=torch.channels_last)  # as the inputs (and the model) are
+        feature = f(noisy).reshape(stop - start, -1)
         if transform is not None:
             feature = transform(feature)
         squared = (feature - f0[owner]) ** 2

@@ -53,10 +53,18 @@ def torchrun_shard() -> Optional[tuple[int, int]]:
     return (int(os.environ.get("RANK", "0")), count) if count > 1 else None
 
 
+def _one_gpu_each(local_rank: int) -> None:
+    """With GPUs, local process k works on GPU k mod count: a config's "auto" and
+    "cuda" mean that one."""
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+
+
 def _run_shard(root: str, settings: AnalysisSettings, sample_count: int, threads: int,
                options: dict[str, Any]) -> None:
     """One local process's shard: its rank of the process group ``run_in_processes`` made."""
     torch.set_num_threads(threads)
+    _one_gpu_each(world()[0])
     analyze_run(root, settings, sample_count, shard=world(), progress=False, **options)
 
 
@@ -81,6 +89,7 @@ def analyze_under_torchrun(run: RunDirectory | str, settings: AnalysisSettings, 
     then the assembled analysis on rank 0 and None on the other ranks."""
     import torch.distributed as dist
 
+    _one_gpu_each(int(os.environ.get("LOCAL_RANK", "0")))
     analyze_run(run, settings, sample_count, shard=shard, progress=False, **options)
     started = not dist.is_initialized()
     if started:  # shards may finish hours apart: the barrier waits as long as a day
