@@ -130,10 +130,22 @@ def _demo(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from kdlens.compare import load_compare_config, run_comparison
 
+    from kdlens.compare.runner import train_comparison
+    from kdlens.train.distributed import is_writer, join_torchrun, run_in_processes
+
     config = load_compare_config(args.config)
     out = output_directory(args.out if args.out else Path("runs") / Path(args.config).stem)
+    if args.nproc < 1:
+        raise UsageError(f"--nproc {args.nproc}: expected an integer >= 1")
     began = time.perf_counter()
-    files = run_comparison(config, out, progress=not args.quiet)
+    if join_torchrun():  # every rank trains its slice of each batch; rank 0 analyses and reports
+        files = run_comparison(config, out, progress=not args.quiet and is_writer())
+        if not is_writer():
+            return 0
+    else:
+        if args.nproc > 1:  # train in N local processes, then analyse and report here (nothing left to train)
+            run_in_processes(functools.partial(train_comparison, progress=False), args.nproc, config, out)
+        files = run_comparison(config, out, progress=not args.quiet)
     print(f"compare finished in {time.perf_counter() - began:.0f}s")
     print((out / "table.md").read_text())
     for name, path in files.items():
@@ -203,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare = commands.add_parser("compare", help="train one teacher and many distillation methods; Table-1-style report")
     compare.add_argument("--config", required=True, help="compare config (YAML), e.g. configs/compare-synthetic.yaml")
     compare.add_argument("--out", help="output directory (default: runs/<config name>); an existing one resumes")
+    compare.add_argument("--nproc", type=int, default=1,
+                         help="train data parallel over N local processes (each a slice of every batch), then "
+                              "analyse and report in this one; under torchrun the ranks are the processes")
     compare.add_argument("--quiet", action="store_true", help="no progress output")
     compare.set_defaults(handler=_compare)
 

@@ -9,8 +9,11 @@ not: batch-norm statistics per slice, dropout draws per rank, and a last
 partial global batch (dropped) differ from one process.
 """
 
+import json
+
 import pytest
 import torch
+import yaml
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -88,3 +91,27 @@ def test_kdlens_train_runs_on_two_processes(tmp_path):
     assert main(["train", "--config", str(config), "--out", str(out), "--nproc", "2", "--quiet"]) == 0
     for role, last in (("teacher", 1), ("baseline", 1), ("student", 2)):
         assert load_checkpoint_file(RunDirectory(out).role(role).path(last))["epoch"] == last
+
+
+def test_kdlens_compare_on_two_processes_trains_what_one_process_trains(tmp_path):
+    """What stays identical: every rank takes its slice of the single-process batches
+    and the averaged gradient, so the students' test errors equal a one-process run
+    (their weights up to float rounding, as the MLP test above checks); the teacher,
+    the paraphrasers and the report are the same code on rank 0."""
+    raw = {"seeds": [0], "device": "cpu",
+           "data": {"image_size": 32, "num_classes": 3, "train_size": 32, "test_size": 16},
+           "model": {"arch": "vgg11", "width": 0.125}, "teacher": {"epochs": 1, "batch_size": 8},
+           "student": {"epochs": 1, "batch_size": 8}, "methods": ["baseline", "kd"],
+           "analysis": {"enabled": False}}
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    results = {}
+    for nproc in (1, 2):
+        out = tmp_path / f"n{nproc}"
+        assert main(["compare", "--config", str(config), "--out", str(out), "--nproc", str(nproc), "--quiet"]) == 0
+        results[nproc] = json.loads((out / "results.json").read_text())
+        assert (out / "table.md").is_file()
+    for method, seeds in results[1]["students"].items():
+        for key in ("test_error", "train_error"):
+            assert seeds["0"][key] == pytest.approx(results[2]["students"][method]["0"][key], abs=1e-6), (method, key)
+    assert results[1]["teacher"]["test_error"] == pytest.approx(results[2]["teacher"]["test_error"], abs=1e-6)

@@ -14,7 +14,12 @@ from kdlens.compare.config import CompareConfig, load_compare_config, parse_comp
 
 
 def run_comparison(config: CompareConfig, out: str | Path, *, progress: bool = True) -> dict[str, Path]:
-    """Train (resuming what exists), analyse and report into ``out``; returns the written files."""
+    """Train (resuming what exists), analyse and report into ``out``; returns the written files.
+
+    Under torch.distributed (``kdlens compare --nproc N`` or torchrun) every rank
+    trains a slice of each batch (``kdlens.train.distributed``); rank 0 writes
+    the checkpoints, analyses and reports, and the other ranks return {}."""
+    from kdlens.train.distributed import is_writer
     from kdlens.compare.analysis import analyze_comparison
     from kdlens.compare.iep_knowledge import iep_knowledge
     from kdlens.compare.report import write_comparison_report
@@ -22,6 +27,8 @@ def run_comparison(config: CompareConfig, out: str | Path, *, progress: bool = T
 
     began = time.perf_counter()
     comparison = train_comparison(config, out, progress=progress)
+    if not is_writer():  # data parallel: rank 0 analyses and reports
+        return {}
     trained = time.perf_counter()
     analysis = analyze_comparison(comparison, progress=progress) if config.analysis.enabled else None
     iep = {entry.title: iep_knowledge(comparison, entry, per_class=config.analysis.iep_images_per_class)

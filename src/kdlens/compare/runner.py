@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import Dataset
 
 from kdlens.builders import build_datasets, build_network, resolve_device, student_split
+from kdlens.train.distributed import barrier, is_writer
 from kdlens.compare.config import BASELINE, CompareConfig, MethodEntry, dump_compare_config, label_folder
 from kdlens.models import NamedLayerModel
 from kdlens.store import RunDirectory, atomic_write_json, load_weights
@@ -98,7 +99,9 @@ def train_comparison(config: CompareConfig, out: str | Path, *, progress: bool =
     began = time.perf_counter()
     datasets = build_datasets(first)  # one data set for every seed
     run = RunDirectory(out)
-    run.initialise(dump_compare_config(config), config.seeds[0])
+    if is_writer():  # data parallel (kdlens compare --nproc, torchrun): rank 0 writes, the others train
+        run.initialise(dump_compare_config(config), config.seeds[0])
+    barrier()
     # the students' share at each rate: the first seed's draw for every seed and method
     rate_sets = {rate: student_split(first, datasets[0], rate) for rate in config.rates}
     train_set = rate_sets[config.rates[0]]
@@ -133,10 +136,11 @@ def train_comparison(config: CompareConfig, out: str | Path, *, progress: bool =
     if config.mutual:
         _train_mutual(comparison, device, progress)
     comparison.timing["total_train_s"] = time.perf_counter() - began
-    atomic_write_json(out / "results.json", {
-        "teacher": comparison.teacher_row, "students": comparison.results, "mutual": comparison.mutual,
-        "by_rate": comparison.by_rate,
-    })
+    if is_writer():
+        atomic_write_json(out / "results.json", {
+            "teacher": comparison.teacher_row, "students": comparison.results, "mutual": comparison.mutual,
+            "by_rate": comparison.by_rate,
+        })
     return comparison
 
 
