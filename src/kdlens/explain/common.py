@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from kdlens.errors import UnknownNameError, UsageError
+from kdlens.explain.batch_norm_folding import fold_batch_norms
 from kdlens.models.base import NamedLayerModel
 
 HALF_LOG_2PIE = 0.5 * math.log(2 * math.pi * math.e)
@@ -250,6 +251,16 @@ def frozen(model: nn.Module):
             p.requires_grad_(flag)
         for m, mode in modes.items():
             m.training = mode
+
+
+@contextmanager
+def frozen_feature(model: nn.Module, layer: str | None):
+    """f(x) of ``layer`` for a measurement: the model frozen (:func:`frozen`) for the
+    block, and f computed by a copy with its batch norms folded
+    (``batch_norm_folding``) when it has any. A bad layer name fails first."""
+    feature_fn(model, layer)
+    with frozen(model):
+        yield feature_fn(fold_batch_norms(model), layer)
 
 
 def invalid_reasons(f0: Tensor, feature_variance: Tensor) -> list[str | None]:

@@ -79,9 +79,8 @@ from kdlens.explain.common import (
     check_count,
     check_inputs,
     check_number,
-    feature_fn,
     forward_in_chunks,
-    frozen,
+    frozen_feature,
     invalid_reasons,
     noisy_distances,
 )
@@ -158,9 +157,8 @@ def converged_discarding(
             raise UsageError("init_sigma holds values that are not finite or not > 0; expected finite sigmas > 0")
         log_init = init_sigma.detach().to(x).log().clamp(max=log_max)
     streams = NoiseStreams(x, generator, seed, sample_seeds)
-    f = feature_fn(model, layer)
 
-    with frozen(model):
+    with frozen_feature(model, layer) as f:
         with torch.no_grad():
             f0 = forward_in_chunks(f, x, max_batch).reshape(batch, -1)
             sq = torch.zeros(batch, dtype=torch.float64, device=x.device)

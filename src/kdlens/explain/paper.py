@@ -66,9 +66,8 @@ from kdlens.explain.common import (
     check_count,
     check_inputs,
     check_number,
-    feature_fn,
     forward_in_chunks,
-    frozen,
+    frozen_feature,
     invalid_reasons,
     noisy_distances,
 )
@@ -150,7 +149,6 @@ def paper_discarding(
     layout = UnitMap(units.to(x.device), x.shape)
     n = layout.n
     streams = NoiseStreams(x, generator, seed, sample_seeds)
-    f = feature_fn(model, layer)
     low, high = SIGMA_BOUNDS
 
     def expand(sigma: Tensor, rows: Tensor | None = None) -> Tensor:  # (b, n) -> (b, *sample_shape)
@@ -163,7 +161,7 @@ def paper_discarding(
                                  weights=None if weights is None else weights / noise.shape[0])
         return totals / noise.shape[0]
 
-    with frozen(model):
+    with frozen_feature(model, layer) as f:
         with torch.no_grad():
             f0 = torch.relu(forward_in_chunks(f, x, max_batch)).reshape(batch, -1)
             start = torch.full((batch, n), SIGMA_INIT, dtype=x.dtype, device=x.device)
