@@ -242,11 +242,14 @@ def main() -> None:
     ours = analysis.entropy  # (E, N, n)
     theirs = torch.stack([torch.stack([results["reference"][e, i] for i in indices]) for e in epochs]).log() \
         + 0.5 * math.log(2 * math.pi * math.e)
-    gap = (ours - theirs.to(ours)).abs().max().item()
+    difference = (ours - theirs.to(ours)).abs()
+    gap = difference.max().item()
+    apart = int((difference.amax(2) > 1e-4).sum())
     reference_analysis = dataclasses.replace(analysis, entropy=theirs.to(ours))
     ours_points = torch.stack([p.is_point for p in role_points(analysis, paper)])
     their_points = torch.stack([p.is_point for p in role_points(reference_analysis, paper)])
-    print(f"\npaper vs reference: largest entropy difference {gap:.2e} nats; knowledge-point labels that differ "
+    print(f"\npaper vs reference: largest entropy difference {gap:.2e} nats; image-checkpoints with a difference "
+          f"above 1e-4: {apart} of {units}; knowledge-point labels that differ "
           f"{int((ours_points != their_points).sum())} of {ours_points.numel()}")
 
     # converged: agreement with paper, and warm against cold
