@@ -182,14 +182,11 @@ def paper_discarding(
             steps_iter = tqdm(steps_iter, desc="information discarding (paper)", leave=False)
         for step in steps_iter:
             idx = active.nonzero().squeeze(1)
-            if streams.per_sample:  # each running sample's own draw
-                if len(idx) == 0:
-                    break
-                noise = streams.draw(NOISY_COPIES, idx)
-            else:  # drawn for all: the same stream whoever stops
-                noise = streams.draw(NOISY_COPIES)[:, idx]
-                if len(idx) == 0:
-                    continue
+            if len(idx) == 0:  # every sample has stopped: no later step can change the answer
+                break
+            # one generator: drawn for all, so a sample's draws do not depend on who has stopped;
+            # one per sample: each running sample's own draw
+            noise = streams.draw(NOISY_COPIES, idx) if streams.per_sample else streams.draw(NOISY_COPIES)[:, idx]
             s = nn.Parameter(sigma[idx].clamp(low, high))
             iterates[step, idx] = s.detach()
             h = layout.mean(s.log(), idx) + HALF_LOG_2PIE
