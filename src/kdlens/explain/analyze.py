@@ -44,7 +44,8 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass
-from typing import Literal, Optional, Sequence
+from pathlib import Path
+from typing import Callable, Literal, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -62,7 +63,7 @@ from kdlens.modalities import modality_of
 from kdlens.modalities.units import UnitMap
 from kdlens.errors import CheckpointError, MissingFileError, UnknownNameError, UsageError
 from kdlens.seeding import derive_seed
-from kdlens.store import RunDirectory, atomic_torch_save, atomic_write_json, check_weights, load_checkpoint_file
+from kdlens.store import CheckpointStore, RunDirectory, atomic_torch_save, atomic_write_json, check_weights, load_checkpoint_file
 
 ROLES_ANALYSED = ("teacher", "student", "baseline")  # and "random", the teacher at epoch 0
 CACHE_RECORD_KEYS = ("sigma", "valid", "converged", "reason")  # one analysed sample at one checkpoint
@@ -199,8 +200,8 @@ class _Cache:
     file, rewritten whole (atomically) after every batch, so a killed analysis
     loses at most the batch it was computing."""
 
-    def __init__(self, run: RunDirectory, settings: AnalysisSettings) -> None:
-        self.root = run.root / "analysis" / f"{settings.layer}-{settings.key()}"
+    def __init__(self, root: Path, settings: AnalysisSettings) -> None:
+        self.root = Path(root) / "analysis" / f"{settings.layer}-{settings.key()}"
         self.root.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.root / "settings.json", asdict(settings))
 
@@ -275,8 +276,7 @@ def analyze_role(
         raise UsageError(f"split = {split!r}: expected 'train' or 'test'")
     config = load_config(run.config_path)
     store = run.role(role)
-    available = store.epochs()
-    if not available:
+    if not store.epochs():
         raise MissingFileError(f"{store.checkpoints} has no checkpoints; train the {role} first")
     train_set, test_set = datasets or build_datasets(config)
     dataset = train_set if split == "train" else test_set
@@ -287,7 +287,61 @@ def analyze_role(
     modality = modality_of(dataset)
     model_config = config.resolved_teacher_model if role == "teacher" else config.model
     device = resolve_device(config.device) if device is None else torch.device(device)
-    model = build_network(model_config, config, len(dataset.classes), init=role).to(device)
+    model = build_network(model_config, config, len(dataset.classes), init=role)
+    arch = model_config.arch
+    model_name = f"{arch} (width {model_config.width:g}, the {role} model of {run.config_path})"
+
+    def mimic(states: dict[int, dict]) -> dict[int, float]:
+        return mimic_accuracies(run, config, settings.layer, states, test_set)
+
+    return analyze_store(
+        store, model, AnalysedSamples(images, masks, indices, modality), settings, _Cache(run.root, settings),
+        role=role, arch=arch, model_name=model_name, epochs=epochs, max_epochs=max_epochs, progress=progress,
+        shard=shard, device=device, mimic=mimic if role == "student" else None,
+    )
+
+
+@dataclass
+class AnalysedSamples:
+    """The fixed samples an analysis measures: their inputs and foreground masks
+    (CPU), their indices in the dataset, and the dataset's modality."""
+
+    images: Tensor
+    masks: Tensor
+    indices: list[int]
+    modality: object
+
+
+def analyze_store(
+    store: CheckpointStore,
+    model: nn.Module,
+    samples: AnalysedSamples,
+    settings: AnalysisSettings,
+    cache: "_Cache",
+    *,
+    role: str,
+    arch: str,
+    model_name: str,
+    epochs: Optional[Sequence[int]] = None,
+    max_epochs: Optional[int] = None,
+    progress: bool = True,
+    shard: Optional[tuple[int, ...]] = None,
+    device: Optional[torch.device] = None,
+    mimic: Optional[Callable[[dict[int, dict]], dict[int, float]]] = None,
+) -> Optional[RoleAnalysis]:
+    """The information discarding of ``samples`` at the checkpoints of one
+    checkpoint series (``store``) of networks shaped like ``model``: the core of
+    :func:`analyze_role`, for any series (a compared method's student too).
+    ``role`` names the series in the cache and seeds its noise; ``mimic``
+    (a student in its distillation phase) gives the accuracy of the feature
+    read through the teacher's upper layers per epoch. See :func:`analyze_role`
+    for ``epochs``, ``max_epochs`` and ``shard``."""
+    available = store.epochs()
+    if not available:
+        raise MissingFileError(f"{store.checkpoints} has no checkpoints; train the {role} first")
+    images, masks, indices, modality = samples.images, samples.masks, samples.indices, samples.modality
+    device = torch.device("cpu") if device is None else torch.device(device)
+    model = model.to(device)
     on_device = images.to(device)  # the units and the foreground are worked out on the CPU copy
     if on_device.dim() == 4:  # images: convolutions run faster channels-last (benchmarks/analysis_throughput.py)
         model = model.to(memory_format=torch.channels_last)
@@ -297,8 +351,6 @@ def analyze_role(
     units = modality.batch_units(images, torch.empty(shape, device="meta"), settings.grid)
     layout = UnitMap(units, shape)
     foreground = modality.foreground(masks, units, settings.foreground_rule)
-    arch = model_config.arch
-    model_name = f"{arch} (width {model_config.width:g}, the {role} model of {run.config_path})"
     prefixes = _stage_prefixes(model, settings.layer)
     parameter_names = [n for n, _ in model.named_parameters() if n.startswith(prefixes)]
 
@@ -330,7 +382,6 @@ def analyze_role(
         chosen = sorted(set(epochs))
         thinned = False
 
-    cache = _Cache(run, settings)
     weight = settings.engine_options(arch, warm=False).get("entropy_weight")  # None for "converged"
     position = {index: k for k, index in enumerate(indices)}
     rows, previous_records = [], {}
@@ -390,11 +441,10 @@ def analyze_role(
 
     # every sample's sigma over all the samples' units (NaN for a unit a sample lacks)
     sigma = torch.stack([torch.stack([_units_of(r[i]["sigma"], layout.n) for i in indices]) for r in rows])
-    mimic = None
-    if role == "student" and any(phases[e] == "distill" for e in chosen):
-        mimic = mimic_accuracies(run, config, settings.layer, {e: layer_states[e] for e in chosen if phases[e] == "distill"},
-                                 test_set)
-        mimic = [mimic.get(e) for e in chosen]
+    mimicked = None
+    if mimic is not None and any(phases[e] == "distill" for e in chosen):
+        accuracies = mimic({e: layer_states[e] for e in chosen if phases[e] == "distill"})
+        mimicked = [accuracies.get(e) for e in chosen]
     return RoleAnalysis(
         role=role,
         epochs=list(chosen),
@@ -408,7 +458,7 @@ def analyze_role(
         final_accuracy=metrics[available[-1]]["test_accuracy"],
         arch=arch,
         phases=[phases[e] for e in chosen],
-        mimic_accuracy=mimic,
+        mimic_accuracy=mimicked,
         thinned=thinned,
     )
 
