@@ -134,6 +134,8 @@ def _compare(args: argparse.Namespace) -> int:
     from kdlens.train.distributed import is_writer, join_torchrun, run_in_processes
 
     config = load_compare_config(args.config)
+    if args.explain:
+        config.explain.enabled = True
     out = output_directory(args.out if args.out else Path("runs") / Path(args.config).stem)
     if args.nproc < 1:
         raise UsageError(f"--nproc {args.nproc}: expected an integer >= 1")
@@ -218,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--nproc", type=int, default=1,
                          help="train data parallel over N local processes (each a slice of every batch), then "
                               "analyse and report in this one; under torchrun the ranks are the processes")
+    compare.add_argument("--explain", action="store_true",
+                         help="also measure the knowledge points of every compared student (the config's explain "
+                              "section; N_fg, N_bg, lambda, D_mean, D_var, rho and the hypotheses per method)")
     compare.add_argument("--quiet", action="store_true", help="no progress output")
     compare.set_defaults(handler=_compare)
 

@@ -207,7 +207,17 @@ class DataCommon(Strict):
         raise NotImplementedError
 
 
-class SyntheticData(DataCommon):
+class _ImageData(DataCommon):
+    """What every image data section shares: the training batches' augmentation
+    (``kdlens.data.augment``; evaluation never sees it)."""
+
+    augment: Literal["none", "crop_flip"] = Field(
+        "none", description="crop_flip: pad by crop_padding with black, crop back to the image size at a random "
+        "offset and flip horizontally with p = 0.5, per training image (the standard CIFAR augmentation)")
+    crop_padding: int = Field(4, ge=0, description="pixels of black padding on each side before the random crop")
+
+
+class SyntheticData(_ImageData):
     name: Literal["synthetic"] = "synthetic"
     image_size: int = Field(32, ge=16)
     num_classes: int = Field(10, ge=2)
@@ -247,7 +257,7 @@ class SyntheticData(DataCommon):
         return self
 
 
-class _RealData(DataCommon):
+class _RealData(_ImageData):
     path: Path
     image_size: int = Field(224, ge=16)
 
@@ -268,6 +278,25 @@ class CubData(_RealData):
 
 class FolderData(_RealData):
     name: Literal["folder"]
+
+
+class _CifarData(_RealData):
+    """CIFAR's python files under ``path`` (``kdlens.data.cifar``)."""
+
+    image_size: int = Field(32, ge=16, description="32: CIFAR's own size; another: a bilinear resize")
+
+
+class Cifar10Data(_CifarData):
+    name: Literal["cifar10"]
+
+
+class Cifar100Data(_CifarData):
+    name: Literal["cifar100"]
+    label_kind: Literal["fine", "coarse"] = Field(
+        "fine", description="fine: the 100 classes; coarse: the 20 superclasses")
+
+    def dataset_options(self, split: str, seed: int) -> dict[str, Any]:
+        return {**super().dataset_options(split, seed), "label_kind": self.label_kind}
 
 
 class _PointData(DataCommon):
@@ -387,8 +416,8 @@ class SquadData(_TextFiles):
     max_tokens: int = Field(128, ge=4, description="word pieces of question and context, special tokens included")
 
 
-DataConfig = Annotated[Union[SyntheticData, CubData, FolderData, PointShapesData, ModelNetData, SentencesData,
-                             SST2Data, SquadData],
+DataConfig = Annotated[Union[SyntheticData, CubData, FolderData, Cifar10Data, Cifar100Data, PointShapesData,
+                             ModelNetData, SentencesData, SST2Data, SquadData],
                        Field(discriminator="name")]
 
 
@@ -403,8 +432,9 @@ class ModelConfig(Strict):
     _finite_options = field_validator("options")(classmethod(lambda cls, options: finite_options(options)))
     linear_init: Literal["normal", "pytorch"] = Field(
         "normal",
-        description="normal: N(0, 0.01) as torchvision's VGG (the knowledge-points paper); pytorch: "
-        "nn.Linear's own default, whose larger head passes the task gradient down from the first step",
+        description="normal: the family's own initialisation (N(0, 0.01) for the paper's VGG, AlexNet and ResNet "
+        "heads, as torchvision's VGG; RepDistiller's for its CIFAR networks); pytorch: nn.Linear's own default, "
+        "whose larger head passes the task gradient down from the first step",
     )
 
     @field_validator("arch")
@@ -562,9 +592,9 @@ class ExperimentConfig(Strict):
         return self.model_dump(mode="json")
 
 
-_DATA_VARIANTS = {"synthetic": SyntheticData, "cub": CubData, "folder": FolderData,
-                  "point_shapes": PointShapesData, "modelnet40": ModelNetData, "sentences": SentencesData,
-                  "sst2": SST2Data, "squad": SquadData}
+_DATA_VARIANTS = {"synthetic": SyntheticData, "cub": CubData, "folder": FolderData, "cifar10": Cifar10Data,
+                  "cifar100": Cifar100Data, "point_shapes": PointShapesData, "modelnet40": ModelNetData,
+                  "sentences": SentencesData, "sst2": SST2Data, "squad": SquadData}
 
 
 def _key_parts(loc: tuple) -> list:

@@ -50,15 +50,27 @@ def test_per_seed_table_and_csv_list_every_run():
     assert len(lines) == 1 + 6 and lines[1].startswith("100%,")
 
 
-def test_claims_compare_ie_with_its_base_and_everything_with_the_baseline():
-    summary = {t: error_stats(r) for t, r in RESULTS.items()}
-    checks = {c["claim"]: c for c in claims(summary, "Student", [("IE-FT", "FT")])}
-    assert checks["IE-FT beats FT"]["holds"] is True
-    assert checks["IE-FT beats FT"]["gap"] == pytest.approx(0.5)
-    assert checks["IE-FT beats FT"]["within_noise"] is True  # 0.5 < std 0.71
-    assert checks["FT beats the independent student"]["holds"] is True
-    worse = {**summary, "IE-FT": error_stats({"0": row(20.0)})}
-    assert {c["claim"]: c for c in claims(worse, "Student", [("IE-FT", "FT")])}["IE-FT beats FT"]["holds"] is False
+def test_claims_are_decided_on_paired_seed_intervals():
+    # IE-FT vs FT: differences (FT - IE-FT) per seed 1, 0: mean 0.5, sd 0.7071, n 2,
+    # half width t(0.975, 1) * 0.7071 / sqrt(2) = 12.706 * 0.5 = 6.353 -> [-5.85, 6.85]: inconclusive
+    checks = {c["claim"]: c for c in claims(RESULTS, "Student", [("IE-FT", "FT")])}
+    ie = checks["IE-FT beats FT"]
+    assert ie["gap"] == pytest.approx(0.5) and ie["verdict"] == "inconclusive"
+    assert ie["low"] == pytest.approx(0.5 - 6.3531, abs=1e-3) and ie["high"] == pytest.approx(0.5 + 6.3531, abs=1e-3)
+    # FT vs Student: differences 1, 3: mean 2, sd 1.414 -> half 12.706 -> inconclusive, though FT's mean is lower
+    assert checks["FT beats the independent student"]["verdict"] == "inconclusive"
+    # three seeds with a steady gain: differences 2, 2.5, 3: mean 2.5, sd 0.5,
+    # half 4.3027 * 0.5 / sqrt(3) = 1.2421 -> [1.26, 3.74]: yes; reversed: no
+    three = {"Student": {"0": row(10.0), "1": row(12.0), "2": row(11.0)},
+             "KD": {"0": row(8.0), "1": row(9.5), "2": row(8.0)}}
+    kd = claims(three, "Student")[0]
+    assert kd["verdict"] == "yes" and kd["low"] == pytest.approx(2.5 - 1.2421, abs=1e-3)
+    flipped = claims({"Student": three["KD"], "KD": three["Student"]}, "Student")[0]
+    assert flipped["verdict"] == "no" and flipped["high"] == pytest.approx(-2.5 + 1.2421, abs=1e-3)
+    # one shared seed: no interval; none shared: not measured
+    one = claims({"Student": {"0": row(10.0)}, "KD": {"0": row(5.0), "1": row(5.0)}}, "Student")[0]
+    assert one["verdict"] == "inconclusive" and one["low"] is None and one["gap"] == 5.0
+    assert claims({"Student": {"0": row(10.0)}, "KD": {"1": row(5.0)}}, "Student")[0]["verdict"] is None
 
 
 def test_table4_lists_both_networks_per_mode():
@@ -88,6 +100,8 @@ def test_rate_claims():
     checks = {c["claim"]: c for c in rate_claims(BY_RATE, "IEP", "Student")}
     top = checks["IEP is the most accurate at 100% (best other: KD)"]
     assert top["holds"] is True and top["gap"] == pytest.approx(0.5)
+    # paired over the one seed both ran (KD has seed 0 only): 9 - 8 = 1 point, no interval
+    assert top["paired"]["gap"] == pytest.approx(1.0) and top["paired"]["verdict"] == "inconclusive"
     low = checks["IEP is the most accurate at 25% (best other: KD)"]
     assert low["holds"] is False and low["gap"] == pytest.approx(-1.5)
     growing = checks["IEP's gain over Student grows as the rate falls"]

@@ -2,7 +2,8 @@
 and seeds, reported in the form of the IE-KD paper's Table 1 with its
 analysis figures. ``run_comparison`` is the whole pipeline; the pieces are
 ``runner`` (training), ``analysis`` (IE-KD's sec. 4.7 tools),
-``iep_knowledge`` (IEP's Fig. 5), ``tables``, ``figures``, ``iep_figures``
+``iep_knowledge`` (IEP's Fig. 5), ``explain`` (the knowledge points of every
+student, ``--explain``), ``seed_interval`` (the claims' paired intervals), ``tables``, ``figures``, ``iep_figures``
 and ``report``."""
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ def run_comparison(config: CompareConfig, out: str | Path, *, progress: bool = T
     the checkpoints, analyses and reports, and the other ranks return {}."""
     from kdlens.train.distributed import is_writer
     from kdlens.compare.analysis import analyze_comparison
+    from kdlens.compare.explain import explain_comparison
     from kdlens.compare.iep_knowledge import iep_knowledge
     from kdlens.compare.report import write_comparison_report
     from kdlens.compare.runner import train_comparison
@@ -33,10 +35,12 @@ def run_comparison(config: CompareConfig, out: str | Path, *, progress: bool = T
     analysis = analyze_comparison(comparison, progress=progress) if config.analysis.enabled else None
     iep = {entry.title: iep_knowledge(comparison, entry, per_class=config.analysis.iep_images_per_class)
            for entry in config.methods if entry.name == "iep" and comparison.teacher is not None}
+    analysed = time.perf_counter()
+    explained = explain_comparison(comparison, progress=progress) if config.explain.enabled else None
     finished = time.perf_counter()
-    timing = {"training (this invocation)_s": trained - began, "analysis_s": finished - trained,
-              "total_s": finished - began}
-    return write_comparison_report(comparison, analysis, out, timing, iep=iep)
+    timing = {"training (this invocation)_s": trained - began, "analysis_s": analysed - trained,
+              "knowledge points_s": finished - analysed, "total_s": finished - began}
+    return write_comparison_report(comparison, analysis, out, timing, iep=iep, explained=explained)
 
 
 __all__ = ["CompareConfig", "load_compare_config", "parse_compare_config", "run_comparison"]

@@ -41,7 +41,9 @@ from kdlens.yaml_files import read_yaml
 BASELINE = "baseline"
 LABELS = {"baseline": "Student", "kd": "KD", "at": "AT", "ft": "FT", "od": "OD", "feature_mse": "FitNet-MSE",
           "ie_at": "IE-AT", "ie_ft": "IE-FT", "ie_od": "IE-OD", "dml": "DML", "ie_dml": "IE-DML",
-          "iep": "IEP"}
+          "iep": "IEP",
+          "fitnet": "FitNet", "rkd": "RKD", "sp": "SP", "cc": "CC", "vid": "VID", "pkt": "PKT", "nst": "NST",
+          "ab": "AB", "fsp": "FSP", "crd": "CRD", "tf_kd": "Tf-KD", "dkd": "DKD", "mhgd": "MHGD"}
 # A label becomes a table header, a Markdown heading, a CSV cell and a folder
 # name (see ``label_folder``), so it keeps to characters that are safe in all.
 LABEL_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.+()/=,:%-]{0,39}")
@@ -66,6 +68,13 @@ class MethodEntry(Strict):
     label: Optional[str] = Field(None, description=LABEL_RULE)
     layer: Optional[str] = Field(None, description="the layer distilled (default: the config's layer)")
     options: dict[str, Any] = Field(default_factory=dict)
+    warmup_epochs: Optional[int] = Field(
+        None, ge=0, description="epochs over which the method's loss weight ramps up linearly from 1/k of it "
+                                "(default: the method's own, 0 for most)")
+
+    balance: Literal["gradient", "none"] = Field(
+        "gradient", description="gradient: cap the method's loss so that its gradient is at most the task's, "
+                                "calibrated over the first updates (kdlens.train.balance); none: the paper's weight as is")
 
     _label = field_validator("label")(classmethod(lambda cls, label: check_label(label)))
     _finite_options = field_validator("options")(classmethod(lambda cls, options: finite_options(options)))
@@ -94,6 +103,13 @@ class MethodEntry(Strict):
             raise ValueError(f"{self.name} taps its own sensing points; give options.points instead of layer")
         return self
 
+    @property
+    def balanced(self) -> bool:
+        """Whether the entry's method trains under a gradient balance: a method
+        that controls its gradients itself (IEP) never does."""
+        return (self.name != BASELINE and self.balance == "gradient"
+                and not METHODS.get(self.name).controls_gradients)
+
     def resolved_layer(self, default: str) -> str:
         """The entry's layer, else the output for logit methods, else ``default``."""
         if self.layer is not None:
@@ -102,8 +118,15 @@ class MethodEntry(Strict):
 
     def build(self, default_layer: str):
         if METHODS.get(self.name).sensing_points:
-            return METHODS.build(self.name, **self.options)
-        return METHODS.build(self.name, layer=self.resolved_layer(default_layer), **self.options)
+            method = METHODS.build(self.name, **self.options)
+        else:
+            method = METHODS.build(self.name, layer=self.resolved_layer(default_layer), **self.options)
+        if self.warmup_epochs is not None:
+            if method.includes_task_loss and self.warmup_epochs:
+                raise ValueError(f"warmup_epochs = {self.warmup_epochs}: {self.name} holds the task loss itself, "
+                                 "which a warm-up would scale too; expected 0")
+            method.weight_warmup_epochs = self.warmup_epochs
+        return method
 
 
 class MutualEntry(Strict):
@@ -154,6 +177,22 @@ class ComparisonAnalysis(Strict):
     iep_images_per_class: int = Field(8, ge=1, description="test images per class in the IEP knowledge figures")
 
 
+class ComparisonExplain(Strict):
+    """The knowledge points of every compared student (``kdlens compare --explain``,
+    ``kdlens.compare.explain``)."""
+
+    enabled: bool = Field(False, description="measure them (kdlens compare --explain sets it)")
+    layer: str = Field("fc1", description="the layer measured (the main paper's first FC layer by default)")
+    estimator: Literal["converged", "paper"] = "converged"
+    samples: int = Field(8, ge=1, description="training images of the students measured")
+    max_epochs: Optional[int] = Field(
+        5, ge=2, description="checkpoints measured per student, evenly spaced from the initialisation to the "
+                             "last (null: every epoch, which D_mean, D_var and rho are defined over)")
+    seed: Optional[int] = Field(None, description="the seed whose students are measured (default: the first)")
+
+    _layer = field_validator("layer")(classmethod(lambda cls, layer: image_layer(layer)))
+
+
 class CompareConfig(Strict):
     seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] = Field([0, 1], min_length=1)
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
@@ -174,6 +213,7 @@ class CompareConfig(Strict):
                     "(IEP's Table 1: [1.0, 0.5, 0.25, 0.1]); default: data.student_fraction only",
     )
     analysis: ComparisonAnalysis = ComparisonAnalysis()
+    explain: ComparisonExplain = ComparisonExplain()
 
     @field_validator("data", mode="before")
     @classmethod
@@ -191,6 +231,12 @@ class CompareConfig(Strict):
         if len(set(seeds)) != len(seeds):
             raise ValueError("expected distinct seeds")
         return seeds
+
+    @model_validator(mode="after")
+    def _explained_seed(self) -> "CompareConfig":
+        if self.explain.seed is not None and self.explain.seed not in self.seeds:
+            raise key_error("explain.seed", f"expected one of the seeds {self.seeds}", self.explain.seed)
+        return self
 
     @field_validator("sample_rates")
     @classmethod
@@ -280,7 +326,7 @@ class CompareConfig(Strict):
         # kdlens train / analyze / demo --modality points.
         if getattr(self.data, "modality", "image") != "image":
             raise ValueError(f"data.name = {self.data.name!r}: kdlens compare handles images only; expected an "
-                             "image dataset (synthetic, cub, folder)")
+                             "image dataset (synthetic, cub, folder, cifar10, cifar100)")
         check_models_take_data(self.data, {"model": self.model, "teacher_model": self.teacher_model})
         return self
 

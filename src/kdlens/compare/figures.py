@@ -7,6 +7,7 @@
 * :func:`active_neuron_bars` - Fig. 4(b): the number of active neurons.
 * :func:`sharpness_lines`   - Fig. 4(c): training loss against the weight-noise scale.
 * :func:`rate_lines`        - the IEP paper's Table 1 as a picture: accuracy against the sample rate.
+* :func:`lambda_accuracy`   - the main paper's Fig. 2 over methods: λ against test accuracy.
 """
 
 from __future__ import annotations
@@ -150,4 +151,22 @@ def rate_lines(by_rate: Mapping[str, Mapping[str, Mapping[str, Any]]], teacher_e
     ax.set_ylabel("test accuracy (%)")
     ax.legend(fontsize=7)
     ax.set_title("accuracy per sample rate (mean ± std over seeds)", fontsize=9)
+    return _png(fig)
+
+
+def lambda_accuracy(points: Mapping[str, tuple[float, float]], baseline: str, references: Collection[str] = ()) -> bytes:
+    """λ (x) against test accuracy in % (y), one labelled point per method: the
+    independent student in orange, the teacher and random weights in green and
+    grey; a method with λ undefined is left out."""
+    fig = Figure(figsize=(5.2, 4.0))
+    ax = fig.add_subplot()
+    for title, (ratio, accuracy) in points.items():
+        colour = "tab:orange" if title == baseline else "tab:green" if title == "Teacher" else \
+            "tab:gray" if title in references else "tab:blue"
+        ax.scatter([ratio], [accuracy], color=colour, s=28, zorder=3)
+        ax.annotate(title, (ratio, accuracy), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    ax.set_xlabel("λ = N_fg / (N_fg + N_bg)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.set_title("knowledge quality against accuracy, per method (the paper's Fig. 2 over methods)", fontsize=8)
     return _png(fig)

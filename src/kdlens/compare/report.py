@@ -13,9 +13,11 @@ from typing import Any, Mapping, Optional, Sequence
 from kdlens.compare import figures, iep_figures
 from kdlens.compare.config import BASELINE, label_folder
 from kdlens.compare.runner import Comparison
+from kdlens.compare.seed_interval import interval_text, paired_seed_interval
 from kdlens.compare.tables import (
     claims,
     error_stats,
+    fmt_error,
     markdown_text,
     per_seed_table,
     rate_claims,
@@ -34,12 +36,10 @@ def _model_name(model) -> str:
 def _claim_lines(checks: list[dict[str, Any]]) -> list[str]:
     lines = []
     for c in checks:
-        if c["holds"] is None:
+        if c["verdict"] is None:
             lines.append(f"- {markdown_text(c['claim'])}: not measured")
             continue
-        word = "**yes**" if c["holds"] else "**no**"
-        noise = " (within the seed-to-seed spread)" if c["within_noise"] else ""
-        lines.append(f"- {markdown_text(c['claim'])}: {word}, {c['gap']:+.2f} error points{noise}")
+        lines.append(f"- {markdown_text(c['claim'])}: **{c['verdict']}**, {interval_text(c)}")
     return lines
 
 
@@ -105,8 +105,9 @@ def _rate_lines(comparison: Comparison, baseline: str, put) -> list[str]:
                 lines.append(f"- {claim}: {word} (accuracy points over {markdown_text(baseline)}: {gains}; "
                              "compare the difference with the seed-to-seed spread in the table)")
             else:
-                noise = " (within the seed-to-seed spread)" if check["within_noise"] else ""
-                lines.append(f"- {claim}: {word}, {check['gap']:+.2f} accuracy points{noise}")
+                paired = check["paired"]
+                lines.append(f"- {claim}: **{paired['verdict'] or 'not measured'}** on the paired seed interval, "
+                             f"{interval_text(paired, 'accuracy points')} (means {check['gap']:+.2f})")
     lines.append("")
     return lines
 
@@ -133,9 +134,60 @@ def _iep_lines(comparison: Comparison, knowledge: Mapping[str, Mapping[str, Any]
     return lines
 
 
+def _explain_lines(comparison: Comparison, explained: Mapping[str, Any], put) -> list[str]:
+    """The knowledge points of every method (``kdlens.compare.explain``): the
+    table, the λ-accuracy figure and the three hypotheses per method."""
+    baseline, layer = explained["baseline"], explained["layer"]
+    errors = {title: error_stats(per_seed) for title, per_seed in comparison.results.items()}
+    rows = {**explained["methods"], **explained["references"]}
+    thinned = any(summary.get("thinned") for summary in explained["methods"].values())
+    lines = ["## Knowledge points per method", "",
+             f"Measured at `{layer}` with the {explained['estimator']} estimator on {explained['samples']} training "
+             f"images of the students (the same for every network), for the students of seed {explained['seed']}, "
+             "the teacher at its last checkpoint and the teacher's architecture at its random initial weights. "
+             "N_fg, N_bg and λ at the last checkpoint (Sec. 3.2); D_mean, D_var (Eq. 8) and ρ (Eq. 9) over the "
+             "checkpoints measured"
+             + (f" ({explained['max_epochs']} per student, evenly spaced: a coarse reading of metrics defined over "
+                "every epoch; `explain.max_epochs: null` measures all)" if thinned else "") + ".", ""]
+    if not explained["foreground_known"]:
+        lines += ["The data has no foreground masks: every unit counts as foreground, so N_bg is 0 and λ is 1 by "
+                  "construction; read N_fg and the dynamics only.", ""]
+    header = ["network", "test error % (all seeds)", f"accuracy % (seed {explained['seed']})", "N_fg ↑", "N_bg ↓",
+              "λ ↑", "D_mean ↓", "D_var ↓", "ρ ↑", "H1", "H2", "H3"]
+    table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    points = {}
+    for title, summary in rows.items():
+        verdicts = explained["verdicts"].get(title)
+        cells = [markdown_text(title), fmt_error(errors.get(title)), _number(summary.get("accuracy"), 100, 1),
+                 *(_number(summary.get(k)) for k in ("n_fg", "n_bg", "lambda", "d_mean", "d_var", "rho")),
+                 *(("–" if title in explained["references"] or title == baseline else verdicts[h]["verdict"])
+                   for h in ("h1", "h2", "h3"))]
+        table.append("| " + " | ".join(cells) + " |")
+        if summary.get("lambda") is not None and summary.get("accuracy") is not None:
+            points[title] = (summary["lambda"], 100 * summary["accuracy"])
+    lines += [*table, "",
+              "H1: more knowledge points (N_fg and λ higher), H2: learnt more simultaneously (D_mean and D_var "
+              "lower), H3: fewer detours (ρ higher), each against the independent student "
+              f"({markdown_text(baseline)}) on the paired bootstrap 95 % interval over the images: *holds* when it "
+              "excludes 0 on the better side, *does not hold* on the worse side, *inconclusive* when it contains 0.",
+              ""]
+    if points:
+        put("figures/lambda_accuracy.png", figures.lambda_accuracy(points, baseline, tuple(explained["references"])))
+        lines += ["![lambda against accuracy](figures/lambda_accuracy.png)", ""]
+    for title, verdicts in explained["verdicts"].items():
+        lines.append(f"### {markdown_text(title)} against the independent student")
+        lines += ["", *(f"- {markdown_text(v['sentence'])}" for v in verdicts.values()), ""]
+    return lines
+
+
+def _number(value: Any, factor: float = 1.0, digits: int = 2) -> str:
+    return "–" if value is None else f"{factor * value:.{digits}f}"
+
+
 def write_comparison_report(comparison: Comparison, analysis: Optional[Mapping[str, Any]],
                             out: str | Path, timing: Mapping[str, float],
-                            iep: Optional[Mapping[str, Mapping[str, Any]]] = None) -> dict[str, Path]:
+                            iep: Optional[Mapping[str, Mapping[str, Any]]] = None,
+                            explained: Optional[Mapping[str, Any]] = None) -> dict[str, Path]:
     out = Path(out)
     config = comparison.config
     baseline = next(e.title for e in config.methods if e.name == BASELINE)
@@ -176,11 +228,18 @@ def write_comparison_report(comparison: Comparison, analysis: Optional[Mapping[s
         per_seed_table(comparison.results),
         "## The paper's claims on these numbers",
         "",
-        *_claim_lines(claims(summary, baseline, config.ie_pairs)),
+        "Each claim on the test-error difference paired over seeds (every method of a seed starts from the "
+        "same weights and batches), with its 95 % Student t interval: **yes** when the interval lies above 0, "
+        "**no** below 0, **inconclusive** when it contains 0 or there is one seed.",
+        "",
+        *_claim_lines(claims(comparison.results, baseline, config.ie_pairs)),
         *_untrained_lines(comparison.results),
         "",
     ]
     put("figures/errors.png", figures.error_bars(summary, teacher_error, config.ie_titles))
+    if explained:
+        lines += _explain_lines(comparison, explained, put)
+        put("knowledge_points.json", json.dumps(explained, indent=2))
     if comparison.config.sample_rates:
         lines += _rate_lines(comparison, baseline, put)
     if iep:
@@ -196,10 +255,10 @@ def write_comparison_report(comparison: Comparison, analysis: Optional[Mapping[s
         ie_dml = [t for t in mutual if t not in ("Independent",)]
         for title in ie_dml:
             for net in ("net1", "net2"):
-                a, b = mutual[title][net].get("mean"), mutual["Independent"][net].get("mean")
-                if a is not None and b is not None:
-                    lines.append(f"- {markdown_text(title)} {net} vs independent: {b - a:+.2f} error points "
-                                 f"({'better' if a < b else 'not better'})")
+                check = paired_seed_interval(comparison.mutual[title][net], comparison.mutual["Independent"][net])
+                if check["verdict"] is not None:
+                    lines.append(f"- {markdown_text(title)} {net} beats the independent {net}: "
+                                 f"**{check['verdict']}**, {interval_text(check)}")
         lines.append("")
     if analysis:
         lines += ["## The students under the IE-KD paper's analysis tools (sec. 4.7)", "",

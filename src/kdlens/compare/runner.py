@@ -22,13 +22,19 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+import yaml
 from torch.utils.data import Dataset
 
 from kdlens.builders import build_datasets, build_network, resolve_device, student_split
 from kdlens.train.distributed import barrier, is_writer
-from kdlens.compare.config import BASELINE, CompareConfig, MethodEntry, dump_compare_config, label_folder
+from kdlens.compare.config import (
+    BASELINE, CompareConfig, MethodEntry, dump_compare_config, label_folder, parse_compare_config,
+)
+from kdlens.errors import ConfigError
+from kdlens.data.augment import augmentation
 from kdlens.models import NamedLayerModel
 from kdlens.store import RunDirectory, atomic_write_json, load_weights
+from kdlens.train.balance import GradientBalance
 from kdlens.train.joint import train_jointly
 from kdlens.train.mutual import MutualOptions, MutualPair, train_mutually
 from kdlens.train.protocols import train_from_scratch
@@ -92,6 +98,22 @@ class Comparison:
         return model.eval(), state.get("extra", {}).get("method", {})
 
 
+# what a comparison reports on but does not train by: changing them keeps the run directory
+NOT_TRAINING = ("analysis", "explain")
+
+
+def same_training(existing_text: str, config: CompareConfig) -> bool:
+    """Whether a run directory's config (its text) trains exactly as ``config``
+    does: the same keys outside the analysis settings, with every key an earlier
+    kdlens did not write at its default."""
+    try:
+        existing = parse_compare_config(yaml.safe_load(existing_text), source="the run directory's config.yaml")
+    except (ConfigError, yaml.YAMLError):
+        return False
+    strip = lambda c: {k: v for k, v in c.to_dict().items() if k not in NOT_TRAINING}  # noqa: E731
+    return strip(existing) == strip(config)
+
+
 def train_comparison(config: CompareConfig, out: str | Path, *, progress: bool = True) -> Comparison:
     out = Path(out)
     device = resolve_device(config.device)  # before anything is written to out
@@ -100,7 +122,7 @@ def train_comparison(config: CompareConfig, out: str | Path, *, progress: bool =
     datasets = build_datasets(first)  # one data set for every seed
     run = RunDirectory(out)
     if is_writer():  # data parallel (kdlens compare --nproc, torchrun): rank 0 writes, the others train
-        run.initialise(dump_compare_config(config), config.seeds[0])
+        run.initialise(dump_compare_config(config), config.seeds[0], same=lambda text: same_training(text, config))
     barrier()
     # the students' share at each rate: the first seed's draw for every seed and method
     rate_sets = {rate: student_split(first, datasets[0], rate) for rate in config.rates}
@@ -130,6 +152,8 @@ def train_comparison(config: CompareConfig, out: str | Path, *, progress: bool =
                     student, rate_set, datasets[1], comparison.student_store(entry, seed, rate), config.student,
                     seed=seed, role=STUDENT_ROLE, device=device, method=method,
                     teacher=teacher if method is not None else None, progress=progress,
+                    balance=GradientBalance() if entry.balanced else None,
+                    augment=augmentation(config.data),
                 )
                 results.setdefault(entry.title, {})[str(seed)] = _error_row(history)
 
@@ -152,7 +176,8 @@ def _train_mutual(comparison: Comparison, device: torch.device, progress: bool) 
         experiment = config.experiment(seed)
         net2 = build_network(config.teacher_model, experiment, comparison.num_classes, init="teacher")
         history = train_jointly(net2, comparison.train_set, test_set, run.role(f"mutual/independent-net2/seed{seed}"),
-                                config.student, seed=seed, role=STUDENT_ROLE, device=device, progress=progress)
+                                config.student, seed=seed, role=STUDENT_ROLE, device=device, progress=progress,
+                                augment=augmentation(config.data))
         independent[str(seed)] = _error_row(history)
     baseline = next(e.title for e in config.methods if e.name == BASELINE)
     comparison.mutual["Independent"] = {"net1": comparison.results[baseline], "net2": independent}
@@ -169,7 +194,8 @@ def _train_mutual(comparison: Comparison, device: torch.device, progress: bool) 
                 print(f"[compare] {entry.title}, seed {seed}", flush=True)
             history = train_mutually(pair, comparison.train_set, test_set,
                                      run.role(f"mutual/{label_folder(entry.title)}/seed{seed}"), config.student,
-                                     seed=seed, role=STUDENT_ROLE, device=device, progress=progress)
+                                     seed=seed, role=STUDENT_ROLE, device=device, progress=progress,
+                                     augment=augmentation(config.data))
             last = history[-1]
             seconds = sum(row.get("seconds") or 0.0 for row in history)
             for k in ("net1", "net2"):

@@ -1,7 +1,8 @@
 """Datasets that return (image, label, foreground mask) samples.
 
 ``DATASETS.build(name, split=..., **kwargs)`` makes one by its registered
-name: "synthetic" (default, no download), "cub", "folder", and the point-cloud
+name: "synthetic" (default, no download), "cub", "folder", "cifar10",
+"cifar100" (all-True masks: ``has_foreground_masks = False``), and the point-cloud
 datasets "point_shapes" (no download) and "modelnet40". Point-cloud samples
 reuse ``Sample``: ``image`` is the cloud, float32 (N, 3), and ``mask`` is bool
 (N,), True on the object's points. Text datasets, "sentences" (no download)
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 from kdlens.data.base import MaskedDataset, Sample, denormalize, fraction_indices, fraction_subset, normalize
 from kdlens.data.catalog import DATASETS
+from kdlens.data.cifar import Cifar10, Cifar100
 from kdlens.data.cub import CubDataset
 from kdlens.data.folder import MaskedImageFolder
 from kdlens.data.modelnet import ModelNet40
@@ -30,7 +32,7 @@ from kdlens.data.text_dataset import TextDataset
 
 __all__ = [
     "Sample", "MaskedDataset", "fraction_subset", "fraction_indices", "normalize", "denormalize",
-    "SyntheticShapes", "CubDataset", "MaskedImageFolder", "DATASETS",
+    "SyntheticShapes", "CubDataset", "MaskedImageFolder", "Cifar10", "Cifar100", "DATASETS",
     "PointShapes", "ModelNet40", "attach_background", "to_unit_sphere",
     "TextDataset", "SyntheticSentences", "SST2", "SQuAD",
 ]

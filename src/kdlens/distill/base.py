@@ -62,6 +62,23 @@ class DistillationMethod(nn.Module):
     # (ie_at -> "at"): its student splits the layer into inherited and explored
     # parts, and a comparison pairs the two methods ("IE-AT beats AT").
     ie_variant_of: Optional[str] = None
+    # The trainer ramps the method's loss weight linearly over this many epochs
+    # of training: epoch e (from 1) weighs min(1, e / k); 0 gives the full weight
+    # from the first step. A config may set it per method (a comparison's
+    # ``warmup_epochs``); methods whose paper warms up (DKD) set their default.
+    weight_warmup_epochs: int = 0
+
+    def start_epoch(self, epoch: int, epochs: int) -> None:
+        """Called by the trainer before each epoch's batches, ``epoch`` counted
+        from 1 of the ``epochs`` it trains (on a resume too), so schedules that
+        depend on the epoch alone stay resumable."""
+        self.epoch, self.epochs = int(epoch), int(epochs)
+
+    @property
+    def loss_scale(self) -> float:
+        """The factor of the warm-up on the method's loss at the current epoch."""
+        warmup = int(self.weight_warmup_epochs)
+        return 1.0 if warmup <= 0 else min(1.0, getattr(self, "epoch", warmup) / warmup)
 
     def forward(
         self,
@@ -80,6 +97,21 @@ class DistillationMethod(nn.Module):
         """The loss as named terms whose gradients are controlled one by one;
         by default the whole loss as one term."""
         return {"distillation": self(student, teacher, targets)}
+
+    def distillation_terms(
+        self,
+        student: Mapping[str, Tensor],
+        teacher: Mapping[str, Tensor],
+        targets: Optional[Tensor] = None,
+    ) -> tuple[float, Tensor]:
+        """(the weight of the trainer's cross-entropy, the distillation loss
+        without it): what a gradient balance (``kdlens.train.balance``) weighs
+        against each other. A method that ``includes_task_loss`` overrides it
+        (KD: 1 - alpha and the soft term)."""
+        if self.includes_task_loss:
+            raise UsageError(f"{type(self).__name__} holds the task loss and does not say how to split it off; "
+                             "expected balance: none for it")
+        return 1.0, self(student, teacher, targets)
 
     def bind(self, student: nn.Module, teacher: nn.Module) -> None:
         """Resolve architecture-dependent choices (``layers``) from the two networks."""

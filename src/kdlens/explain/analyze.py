@@ -195,7 +195,7 @@ def _thin(epochs: list[int], max_epochs: Optional[int]) -> list[int]:
     return [epochs[i] for i in picks]
 
 
-class _Cache:
+class AnalysisCache:
     """The analysed samples of each checkpoint: ``{sample index: record}`` per
     file, rewritten whole (atomically) after every batch, so a killed analysis
     loses at most the batch it was computing."""
@@ -295,7 +295,7 @@ def analyze_role(
         return mimic_accuracies(run, config, settings.layer, states, test_set)
 
     return analyze_store(
-        store, model, AnalysedSamples(images, masks, indices, modality), settings, _Cache(run.root, settings),
+        store, model, AnalysedSamples(images, masks, indices, modality), settings, AnalysisCache(run.root, settings),
         role=role, arch=arch, model_name=model_name, epochs=epochs, max_epochs=max_epochs, progress=progress,
         shard=shard, device=device, mimic=mimic if role == "student" else None,
     )
@@ -317,7 +317,7 @@ def analyze_store(
     model: nn.Module,
     samples: AnalysedSamples,
     settings: AnalysisSettings,
-    cache: "_Cache",
+    cache: "AnalysisCache",
     *,
     role: str,
     arch: str,

@@ -1,11 +1,14 @@
 """The model zoo: AlexNet, VGG-11/16/19 and ResNet-18/34 for images, PointNet,
 PointNet++ (SSG) and DGCNN for point clouds, and BERT (through Hugging Face
-transformers) for text, as ``NamedLayerModel``s.
+transformers) for text, as ``NamedLayerModel``s; and the CIFAR networks of the
+RepDistiller benchmark (``resnet20`` .. ``resnet110``, ``resnet8x4``,
+``resnet32x4``, ``wrn_*``, ``vgg8``, ``vgg13``, ``mobilenetv2``).
 
 Every model has the paper's four named layers ``conv, fc1, fc2, fc3`` (see
-``kdlens.models.base``). The image models run both on 32x32 and 224x224
-inputs: below ``image_size`` 96 the families switch to small-input
-(CIFAR-style) variants. The point-cloud models take ``(B, N, 3)`` batches of
+``kdlens.models.base``), except the RepDistiller networks, which have one
+Linear head: ``conv``, ``fc1`` (the pooled embedding) and ``fc3``. The image
+models run both on 32x32 and 224x224 inputs: below ``image_size`` 96 the
+families switch to small-input (CIFAR-style) variants. The point-cloud models take ``(B, N, 3)`` batches of
 points and no ``image_size``; a family says which input it takes by an
 ``input_kind`` attribute on its factory (``"image"`` when absent).
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 from typing import Optional
 
 from kdlens.models import alexnet, bert, dgcnn, pointnet, pointnet2, resnet, vgg  # noqa: F401  (registers the families)
+from kdlens.models import cifar_mobilenet, cifar_resnet, cifar_vgg, cifar_wrn  # noqa: F401  (RepDistiller's CIFAR nets)
 from kdlens.models.base import PAPER_LAYERS, PRE_ACTIVATION, NamedLayerModel, pre_activation_norm
 from kdlens.models.catalog import MODELS
 from kdlens.models.features import capture, stage_end_modules

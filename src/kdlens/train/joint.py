@@ -40,6 +40,7 @@ from kdlens.errors import UsageError
 from kdlens.models import NamedLayerModel
 from kdlens.seeding import derive_seed, seed_everything
 from kdlens.store import CheckpointStore
+from kdlens.train.balance import GradientBalance
 from kdlens.train.loop import Phase, train_phases
 
 
@@ -99,8 +100,13 @@ def train_jointly(
     teacher: Optional[NamedLayerModel] = None,
     progress: bool = True,
     on_epoch_end: Optional[Callable[[int], None]] = None,
+    augment: Optional[Callable[[Tensor], Tensor]] = None,
+    balance: Optional[GradientBalance] = None,
 ) -> list[dict]:
-    """Train (or resume) ``student`` on CE [+ the method's loss]; returns the history."""
+    """Train (or resume) ``student`` on CE [+ the method's loss]; returns the history.
+    ``augment`` changes each training batch (``train_phases``), the teacher's input too.
+    ``balance`` caps the method's loss against the task loss (``kdlens.train.balance``;
+    not for a method that controls its gradients itself)."""
     student.to(device)
     if method is None:
         def objective(images: Tensor, labels: Tensor) -> Tensor:
@@ -108,7 +114,7 @@ def train_jointly(
 
         phase = Phase("train", optim, [student], objective, trained_layers=student.layer_names)
         return train_phases(student, [phase], train_set, test_set, store, seed=seed, role=role, device=device,
-                            progress=progress, on_epoch_end=on_epoch_end)
+                            progress=progress, on_epoch_end=on_epoch_end, augment=augment)
     if teacher is None:
         raise UsageError(f"method {type(method).__name__} needs a teacher; got none")
     teacher.to(device).eval()
@@ -117,7 +123,8 @@ def train_jointly(
         p.requires_grad_(False)
     try:
         return _distil(student, teacher, method, train_set, test_set, store, optim, seed=seed, role=role,
-                       device=device, progress=progress, on_epoch_end=on_epoch_end)
+                       device=device, progress=progress, on_epoch_end=on_epoch_end, augment=augment,
+                       balance=balance)
     finally:
         for p in frozen:  # the caller's teacher is left as it came
             p.requires_grad_(True)
@@ -152,7 +159,10 @@ def controlled_backward(method: DistillationMethod, student: nn.Module) -> Calla
 
 
 def _distil(student, teacher, method, train_set, test_set, store, optim, *, seed, role, device, progress,
-            on_epoch_end) -> list[dict]:
+            on_epoch_end, augment=None, balance=None) -> list[dict]:
+    if method.includes_task_loss and method.weight_warmup_epochs:
+        raise UsageError(f"{type(method).__name__} holds the task loss itself; a loss warm-up "
+                         f"({method.weight_warmup_epochs} epochs) would scale the cross-entropy too: expected 0")
     prepare_method(method, student, teacher, train_set, device, seed=seed, role=role, fresh=store.latest() is None)
     layers = method.layers
 
@@ -161,21 +171,48 @@ def _distil(student, teacher, method, train_set, test_set, store, optim, *, seed
             target = teacher.features(images, layers)
         logits, features = student.forward_with_features(images, layers)
         loss = method(features, target, labels)
-        return loss if method.includes_task_loss else loss + F.cross_entropy(logits, labels)
+        if method.includes_task_loss:
+            return loss
+        return F.cross_entropy(logits, labels) + method.loss_scale * loss
 
     def distill_terms(images: Tensor, labels: Tensor) -> LossTerms:
         with torch.no_grad():
             target = teacher.features(images, layers)
         logits, features = student.forward_with_features(images, layers)
-        return LossTerms(F.cross_entropy(logits, labels), method.loss_terms(features, target, labels))
+        terms = method.loss_terms(features, target, labels)
+        return LossTerms(F.cross_entropy(logits, labels), {k: method.loss_scale * v for k, v in terms.items()})
 
+    def balanced_terms(images: Tensor, labels: Tensor) -> tuple[Tensor, float, Tensor]:
+        with torch.no_grad():
+            target = teacher.features(images, layers)
+        logits, features = student.forward_with_features(images, layers)
+        task_weight, loss = method.distillation_terms(features, target, labels)
+        return F.cross_entropy(logits, labels), task_weight, method.loss_scale * loss
+
+    student_ids = {id(p) for p in student.parameters()}
+
+    def balanced_backward(terms: tuple[Tensor, float, Tensor], params: list) -> Tensor:
+        task, task_weight, loss = terms
+        return balance.backward(task, loss, [p for p in params if id(p) in student_ids],
+                                [p for p in params if id(p) not in student_ids], task_weight=task_weight)
+
+    extra = {"method": method}
+    if balance is not None and method.controls_gradients:
+        raise UsageError(f"{type(method).__name__} controls its gradients itself; expected no gradient balance")
     if method.controls_gradients:
         if method.includes_task_loss:
             raise ValueError(f"{type(method).__name__}: gradient control needs the task loss apart from the terms")
         phase = Phase("distill", optim, [student, *method.trainable_parts()], distill_terms,
-                      trained_layers=student.layer_names, backward=controlled_backward(method, student))
+                      trained_layers=student.layer_names, backward=controlled_backward(method, student),
+                      on_epoch_start=method.start_epoch)
+    elif balance is not None:
+        phase = Phase("distill", optim, [student, *method.trainable_parts()], balanced_terms,
+                      trained_layers=student.layer_names, backward=balanced_backward,
+                      on_epoch_start=method.start_epoch)
+        extra["balance"] = balance
     else:
         phase = Phase("distill", optim, [student, *method.trainable_parts()], distill,
-                      trained_layers=student.layer_names)
+                      trained_layers=student.layer_names, on_epoch_start=method.start_epoch)
     return train_phases(student, [phase], train_set, test_set, store, seed=seed, role=role, device=device,
-                        progress=progress, on_epoch_end=on_epoch_end, extra_modules={"method": method})
+                        progress=progress, on_epoch_end=on_epoch_end, extra_modules=extra,
+                        augment=augment)

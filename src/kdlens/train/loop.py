@@ -85,6 +85,9 @@ class Phase:
     trained_layers: Sequence[str] = field(default_factory=tuple)
     backward: Optional[Backward] = None
     updates: Sequence[Update] = field(default_factory=tuple)
+    # ``on_epoch_start(phase_epoch, phase_epochs)`` before each epoch's batches (1-based, on a resume
+    # too): schedules that depend on the epoch alone (a loss weight's warm-up) stay resumable
+    on_epoch_start: Optional[Callable[[int, int], None]] = None
 
     def __post_init__(self) -> None:
         if (self.objective is None) == (not self.updates):
@@ -256,6 +259,7 @@ def train_phases(
     extra_modules: Optional[dict[str, nn.Module]] = None,
     report: Optional[EpochReport] = None,
     notes: Optional[Mapping[str, Any]] = None,
+    augment: Optional[Callable[[Tensor], Tensor]] = None,
 ) -> list[dict]:
     """Train (or resume) ``model`` through ``phases``; returns the history rows.
 
@@ -266,6 +270,10 @@ def train_phases(
     epoch's checkpoint is written. ``report`` measures the history rows
     (default: :class:`ModelReport`); ``notes`` (plain values, e.g. the mutual
     mode) are written into every checkpoint under their own keys.
+    ``augment(images) -> images`` (``kdlens.data.augment``) changes each training
+    batch on the device before the updates see it, drawing from torch's global
+    generator (re-seeded every epoch, so a resumed run draws the same); the
+    evaluation of the report sees the images as they are.
     """
     extra_modules = extra_modules or {}
     report = report or ModelReport(model, train_set, test_set, device)
@@ -339,6 +347,8 @@ def train_phases(
             for epoch in range(max(first, start + 1), last + 1):
                 began = time.perf_counter()
                 generator = seed_everything(derive_seed(seed, role, epoch))
+                if phase.on_epoch_start is not None:
+                    phase.on_epoch_start(epoch - first + 1, phase.optim.epochs)
                 batch_size = phase.optim.batch_size
                 # A last batch of one sample breaks batch norm in train mode.
                 drop_last = len(train_set) % batch_size == 1
@@ -357,8 +367,11 @@ def train_phases(
                 inner = tqdm(loader, desc=f"{role} {phase.name} epoch {epoch}/{total}", leave=False,
                              disable=not show, dynamic_ncols=True)
                 for images, labels, _ in inner:
+                    images, labels = images.to(device), labels.to(device)
+                    if augment is not None:  # before every update, so a teacher and its student see the same
+                        images = augment(images)
                     try:
-                        values = run_updates(model, phase.updates, optimizers, images.to(device), labels.to(device))
+                        values = run_updates(model, phase.updates, optimizers, images, labels)
                     except NonFiniteLoss as error:
                         raise diverged(role, f"epoch {epoch} ({phase.name} phase, batch {batches + 1})",
                                        error.problem, epoch - 1, phase.optim.lr) from None

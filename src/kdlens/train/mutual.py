@@ -66,6 +66,7 @@ class MutualOptions:
     eta: float = 0.5
     metric: str = "l1"
     factor_ratio: float = 2.0
+    exploration_start: float = 0.25
 
 
 class MutualPair(nn.Module):
@@ -93,7 +94,8 @@ class MutualPair(nn.Module):
             features = [net.eval().features(probe, [o.layer]) for net in self.nets]
         for k in (0, 1):
             method = IEFactorTransfer(layer=o.layer, eta=o.eta, lambda_inh=o.lambda_inh, lambda_exp=o.lambda_exp,
-                                      metric=o.metric, factor_ratio=o.factor_ratio)
+                                      metric=o.metric, factor_ratio=o.factor_ratio,
+                                      exploration_start=o.exploration_start)
             method.setup(features[k], features[1 - k])
             method.paraphraser.requires_grad_(True)  # trained jointly here, never frozen
             self.learn.append(method)
@@ -152,7 +154,11 @@ def _updates(pair: MutualPair) -> list[Update]:
 
 def mutual_phase(pair: MutualPair, optim: OptimConfig) -> Phase:
     """The whole of mutual training as one phase of the loop, named after the mode."""
-    return Phase(pair.mode, optim, [pair], updates=_updates(pair))
+    def start_epoch(epoch: int, epochs: int) -> None:  # IE-DML's exploration starts late
+        for method in pair.learn:
+            method.start_epoch(epoch, epochs)
+
+    return Phase(pair.mode, optim, [pair], updates=_updates(pair), on_epoch_start=start_epoch)
 
 
 def mutual_step(pair: MutualPair, optimizers: Sequence[torch.optim.Optimizer], images: Tensor,
@@ -198,11 +204,13 @@ def train_mutually(
     device: torch.device,
     progress: bool = True,
     on_epoch_end: Optional[Callable[[int], None]] = None,
+    augment: Optional[Callable[[Tensor], Tensor]] = None,
 ) -> list[dict]:
     """Train (or resume) both networks; a checkpoint per epoch holds the pair
-    (as its model), the mode, both optimizers and schedules. Returns the history rows."""
+    (as its model), the mode, both optimizers and schedules. Returns the history rows.
+    ``augment`` changes each training batch, for both networks alike."""
     seed_everything(derive_seed(seed, role, "setup"))
     pair.setup(torch.stack([train_set[i].image for i in range(min(2, len(train_set)))]))
     return train_phases(pair, [mutual_phase(pair, optim)], train_set, test_set, store, seed=seed, role=role,
-                        device=device, progress=progress, on_epoch_end=on_epoch_end,
+                        device=device, progress=progress, on_epoch_end=on_epoch_end, augment=augment,
                         report=PairReport(pair, test_set, device), notes={"mode": pair.mode})

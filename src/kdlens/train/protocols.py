@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 
 from kdlens.builders import build_datasets, build_network, resolve_device, student_split
 from kdlens.config import ExperimentConfig, dump_config, parse_config
+from kdlens.data.augment import augmentation
 from kdlens.distill import METHODS
 from kdlens.errors import ConfigError, KdlensError, TeacherNotTrained, UsageError
 from kdlens.models import NamedLayerModel
@@ -62,6 +63,7 @@ def train_from_scratch(
     train_phases(
         model, [phase], train_set, test, run.role(role), seed=config.seed, role=role,
         device=resolve_device(config.device), progress=progress, on_epoch_end=on_epoch_end,
+        augment=augmentation(config.data),
     )
     return model
 
@@ -147,7 +149,7 @@ def train_student(
     train_phases(
         student, phases, train_set, test, store,
         seed=config.seed, role="student", device=device, progress=progress, on_epoch_end=on_epoch_end,
-        extra_modules={"method": method},
+        extra_modules={"method": method}, augment=augmentation(config.data),
     )
     return student
 

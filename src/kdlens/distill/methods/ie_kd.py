@@ -31,6 +31,13 @@ Variants (sec. 4.2):
   unnormalised negative distance is unbounded below and is minimised by
   inflating F_exp instead of changing what it encodes.
 
+Exploration starts late (ours, not the paper's): the negative distance of
+L_exp pushes the exploration part away from the teacher's factor from the
+first step, before the network has learnt anything of its own to explore
+with (an IE-DML run once collapsed to chance). ``exploration_start`` (0.25) is the share of the training
+epochs during which L_exp is off: a student with 10 epochs explores from its
+4th on. 0 is the paper's schedule.
+
 The teacher's factor is computed without gradients, so nothing flows into the
 teacher or its paraphraser. Works for any student/teacher channel counts, the
 student larger than the teacher included; spatial sizes that differ are
@@ -77,8 +84,13 @@ class InheritanceExploration(FactorMethod):
         factor_ratio: float = 2.0,
         paraphraser_epochs: int = 30,
         paraphraser_lr: float = 0.1,
+        exploration_start: float = 0.25,
     ) -> None:
         super().__init__(layer, factor_ratio, paraphraser_epochs, paraphraser_lr)
+        if not 0 <= exploration_start < 1:
+            raise UsageError(f"exploration_start = {exploration_start!r}: expected the share of the training "
+                             "epochs before the exploration term starts, 0 <= exploration_start < 1")
+        self.exploration_start = float(exploration_start)
         if not 0 <= eta <= 1:
             raise UsageError(f"eta = {eta!r}: expected the inheritance share of channels, 0 <= eta <= 1")
         for name, value in (("lambda_inh", lambda_inh), ("lambda_exp", lambda_exp)):
@@ -154,9 +166,18 @@ class InheritanceExploration(FactorMethod):
         loss = f_s.new_zeros(())
         if "inh" in terms:
             loss = loss + self.lambda_inh * terms["inh"]
-        if "exp" in terms:
+        if "exp" in terms and self.exploring:
             loss = loss + self.lambda_exp * terms["exp"]
         return loss
+
+    @property
+    def exploring(self) -> bool:
+        """Whether the exploration term is on: from the first epoch after the
+        ``exploration_start`` share of the training epochs (always, before the
+        trainer has said which epoch it is)."""
+        if not hasattr(self, "epochs"):
+            return True
+        return (self.epoch - 1) >= self.exploration_start * self.epochs
 
 
 @METHODS.register("ie_ft")

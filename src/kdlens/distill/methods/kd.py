@@ -54,16 +54,27 @@ class HintonKD(DistillationMethod):
         teacher: Mapping[str, Tensor],
         targets: Optional[Tensor] = None,
     ) -> Tensor:
-        z_s, z_t = self.features(student, teacher)
-        t = self.temperature
-        soft = F.kl_div(
-            F.log_softmax(z_s / t, dim=1), F.softmax(z_t / t, dim=1), reduction="batchmean"
-        )
-        loss = self.alpha * t * t * soft
+        loss = self.soft_loss(student, teacher)
         if self.alpha < 1:
             if targets is None:
                 raise UsageError(
                     f"kd with alpha = {self.alpha} < 1 needs targets for the cross-entropy term"
                 )
-            loss = loss + (1 - self.alpha) * F.cross_entropy(z_s, targets)
+            loss = loss + (1 - self.alpha) * F.cross_entropy(student[self.layers[0]], targets)
         return loss
+
+    def soft_loss(self, student: Mapping[str, Tensor], teacher: Mapping[str, Tensor]) -> Tensor:
+        """alpha * T^2 * KL(softmax(z_t / T) || softmax(z_s / T)), averaged over the batch."""
+        z_s, z_t = self.features(student, teacher)
+        t = self.temperature
+        soft = F.kl_div(F.log_softmax(z_s / t, dim=1), F.softmax(z_t / t, dim=1), reduction="batchmean")
+        return self.alpha * t * t * soft
+
+    def distillation_terms(
+        self,
+        student: Mapping[str, Tensor],
+        teacher: Mapping[str, Tensor],
+        targets: Optional[Tensor] = None,
+    ) -> tuple[float, Tensor]:
+        """The cross-entropy's weight 1 - alpha and the soft term."""
+        return 1.0 - self.alpha, self.soft_loss(student, teacher)
