@@ -141,6 +141,24 @@ class DistillationMethod(nn.Module):
         return f_s, f_t
 
 
+def pooled_maps(method: str, layer: str, f_s: Tensor, f_t: Tensor, why: str) -> tuple[Tensor, Tensor]:
+    """The student's and the teacher's (B, C, H, W) maps pooled to their common
+    size (:func:`match_spatial`), or a one-line error naming ``method``, the
+    shapes and ``why`` one position is not enough."""
+    if f_s.dim() != 4 or f_t.dim() != 4:
+        raise UsageError(
+            f"layer {layer!r}: student feature {tuple(f_s.shape)} and teacher feature "
+            f"{tuple(f_t.shape)}; {method} expected (B, C, H, W) feature maps"
+        )
+    f_s, f_t = match_spatial(f_s, f_t)
+    if f_s.shape[2] * f_s.shape[3] < 2:
+        raise UsageError(
+            f"layer {layer!r}: feature maps of {f_s.shape[2]}x{f_s.shape[3]}; {method} expected more than one "
+            f"position ({why})"
+        )
+    return f_s, f_t
+
+
 def as_map(feature: Tensor) -> Tensor:
     """A (B, C) feature as a (B, C, 1, 1) map, so conv connectors serve fc layers too."""
     if feature.dim() == 2:

@@ -36,7 +36,7 @@ from typing import Mapping, Optional
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdlens.distill.base import METHODS, DistillationMethod, match_spatial
+from kdlens.distill.base import METHODS, DistillationMethod, pooled_maps
 from kdlens.errors import UsageError
 
 
@@ -67,16 +67,6 @@ class AttentionTransfer(DistillationMethod):
     ) -> Tensor:
         (layer,) = self.layers
         f_s, f_t = self.features(student, teacher, same_shape=False)
-        if f_s.dim() != 4 or f_t.dim() != 4:
-            raise UsageError(
-                f"layer {layer!r}: student feature {tuple(f_s.shape)} and teacher feature "
-                f"{tuple(f_t.shape)}; expected (B, C, H, W) feature maps"
-            )
-        f_s, f_t = match_spatial(f_s, f_t)
-        if f_s.shape[2] * f_s.shape[3] < 2:
-            raise UsageError(
-                f"layer {layer!r}: feature maps of {f_s.shape[2]}x{f_s.shape[3]}; expected more than one "
-                "position (the attention map of one position is constant)"
-            )
+        f_s, f_t = pooled_maps("at", layer, f_s, f_t, "the attention map of one position is constant")
         q_s, q_t = attention_map(f_s, self.p), attention_map(f_t, self.p)
         return self.beta / 2 * (q_s - q_t).pow(2).mean()

@@ -34,7 +34,7 @@ from typing import Mapping, Optional
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdlens.distill.base import METHODS, DistillationMethod, match_spatial
+from kdlens.distill.base import METHODS, DistillationMethod, pooled_maps
 from kdlens.errors import UsageError
 
 
@@ -65,17 +65,7 @@ class NeuronSelectivityTransfer(DistillationMethod):
     ) -> Tensor:
         (layer,) = self.layers
         f_s, f_t = self.features(student, teacher, same_shape=False)
-        if f_s.dim() != 4 or f_t.dim() != 4:
-            raise UsageError(
-                f"layer {layer!r}: student feature {tuple(f_s.shape)} and teacher feature "
-                f"{tuple(f_t.shape)}; nst expected (B, C, H, W) feature maps"
-            )
-        f_s, f_t = match_spatial(f_s, f_t)
-        if f_s.shape[2] * f_s.shape[3] < 2:
-            raise UsageError(
-                f"layer {layer!r}: feature maps of {f_s.shape[2]}x{f_s.shape[3]}; nst expected more than one "
-                "position (a channel's pattern over one position is just its sign)"
-            )
+        f_s, f_t = pooled_maps("nst", layer, f_s, f_t, "a channel's pattern over one position is just its sign")
         s, t = selectivity_patterns(f_s), selectivity_patterns(f_t)
         mmd = mean_poly_kernel(t, t) + mean_poly_kernel(s, s) - 2 * mean_poly_kernel(s, t)
         return self.lam * mmd.mean()
