@@ -54,8 +54,11 @@ def test_mistakes_are_one_line_errors(raw, message):
 def test_the_ready_configs_load():
     root = Path(__file__).parents[2] / "configs"
     config = load_compare_config(root / "compare-synthetic.yaml")
-    assert len(config.seeds) >= 2
-    assert {e.name for e in config.methods} >= {"baseline", "kd", "at", "ft", "od", "ie_at", "ie_ft", "ie_od"}
+    assert len(config.seeds) >= 5
+    assert {e.name for e in config.methods} >= {"baseline", "kd", "fitnet", "at", "sp", "ft"}
+    table1 = load_compare_config(root / "compare-synthetic-table1.yaml")
+    assert len(table1.seeds) >= 3
+    assert {e.name for e in table1.methods} >= {"baseline", "kd", "at", "ft", "od", "ie_at", "ie_ft", "ie_od"}
     mutual = load_compare_config(root / "compare-mutual-synthetic.yaml")
     assert [e.mode for e in mutual.mutual] == ["dml", "ie_dml"]
     for path in root.glob("compare-*.yaml"):
