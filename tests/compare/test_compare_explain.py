@@ -87,3 +87,16 @@ def test_a_second_explain_reads_the_cache_and_other_analysis_settings_keep_the_r
 def test_an_explained_seed_must_be_compared():
     with pytest.raises(UsageError, match="explain.seed"):
         parse_compare_config({**TINY, "explain": {"seed": 7}})
+
+
+def test_rank_association_by_hand():
+    from kdlens.compare.report import rank_association
+
+    # 5 pairs in the same order: r = 1; exactly 2 of the 5! = 120 orders reach |r| = 1, p = 2/120
+    r, p = rank_association([1, 2, 3, 4, 5], [2, 4, 6, 8, 10])
+    assert r == pytest.approx(1.0) and p == pytest.approx(2 / 120, abs=0.005)
+    # ranks (0, 2, 1, 3) vs (0, 1, 2, 3): sum d^2 = 2, r = 1 - 6 * 2 / (4 * 15) = 0.8; of the 24 orders
+    # 8 reach |r| >= 0.8 (r = +-1 and the three adjacent swaps each way): p = 1/3
+    r, p = rank_association([1, 2, 3, 4], [1, 3, 2, 4])
+    assert r == pytest.approx(0.8) and p == pytest.approx(1 / 3, abs=0.01)
+    assert rank_association([1, 1, 1], [1, 2, 3]) is None and rank_association([1, 2], [1, 2]) is None
