@@ -97,10 +97,11 @@ def test_missing_file_and_bad_yaml(tmp_path):
 
 def test_shipped_configs_are_valid(tmp_path):
     configs = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
-    configs = [p for p in configs if not p.name.startswith("compare-")]  # kdlens compare's own schema
     assert configs
     for path in configs:
         raw = yaml.safe_load(path.read_text())
+        if "methods" in raw:  # kdlens compare's own schema (tests/compare/test_ready_configs.py)
+            continue
         if "path" in raw.get("data", {}):  # real data: point it at a directory that exists
             raw["data"]["path"] = str(tmp_path)
         assert isinstance(parse_config(raw, source=str(path)), ExperimentConfig)
