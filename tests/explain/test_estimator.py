@@ -239,3 +239,23 @@ def test_per_sample_units_that_skip_an_id_are_refused():
     with pytest.raises(Exception, match=r"units of sample 1 has ids \[-1, 0, 2\]"):
         information_discarding(linear(), torch.randn(2, 8), None,
                                torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1], [0, 0, 2, 2, -1, 0, 0, 0]]), steps=2)
+
+
+def test_two_threads_give_the_same_answer_twice_and_the_callers_setting_is_restored():
+    # Multi-threaded CPU kernels made two identical runs of a small VGG differ by up to
+    # 0.11 in log sigma; the estimators run with deterministic algorithms (common.deterministic).
+    from kdlens.models import build_model
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(0)
+        model = build_model("vgg11", 4, image_size=32, width=0.125).eval()
+        x = torch.randn(2, 3, 32, 32)
+        units = grid_units(32, 32, 8)
+        runs = [information_discarding(model, x, "fc1", units, sample_seeds=[1, 2], steps=60).sigma
+                for _ in range(2)]
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(runs[0], runs[1])
+    assert not torch.are_deterministic_algorithms_enabled()

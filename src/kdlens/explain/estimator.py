@@ -16,7 +16,7 @@ import inspect
 
 from torch import Tensor, nn
 
-from kdlens.explain.common import HALF_LOG_2PIE, DiscardingResult
+from kdlens.explain.common import HALF_LOG_2PIE, DiscardingResult, deterministic
 from kdlens.explain.converged import converged_discarding
 from kdlens.explain.paper import paper_discarding
 from kdlens.errors import UsageError, WrongTypeError
@@ -54,4 +54,5 @@ def information_discarding(
         raise WrongTypeError(
             f"estimator {estimator!r} takes no option {unknown[0]!r}; expected one of {', '.join(accepted)}"
         )
-    return function(model, inputs, layer, units, **options)
+    with deterministic():  # the same model, inputs and seeds give the same answer (see common.deterministic)
+        return function(model, inputs, layer, units, **options)
