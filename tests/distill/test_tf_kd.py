@@ -102,3 +102,16 @@ def test_needs_targets_and_logits():
         method({"fc3": torch.zeros(2, 3)}, {})
     with pytest.raises(UsageError, match="logits"):
         method({"fc3": torch.zeros(2, 3, 1, 1)}, {}, torch.tensor([0, 1]))
+
+
+def test_the_split_for_a_gradient_balance_adds_up_to_the_loss():
+    import torch.nn.functional as F
+
+    from kdlens.distill.base import METHODS as REGISTRY
+
+    method = REGISTRY.build("tf_kd")
+    z = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]])
+    y = torch.tensor([0, 2])
+    weight, soft = method.distillation_terms({"fc3": z}, {}, y)
+    assert weight == pytest.approx(0.9)
+    assert float(weight * F.cross_entropy(z, y) + soft) == pytest.approx(float(method({"fc3": z}, {}, y)), rel=1e-6)

@@ -88,3 +88,12 @@ def test_ie_kd_explores_only_after_its_start_share():
     assert on == [False, False, True, True, True, True, True, True]
     with pytest.raises(UsageError):
         METHODS.build("ie_ft", layer="conv", exploration_start=1.0)
+
+
+def test_a_zero_task_weight_still_calibrates_against_the_task_gradient():
+    # KD with alpha = 1: no cross-entropy in the loss, but the cap is still taken against it
+    balance = GradientBalance(steps=1)
+    w, task, distillation = _losses(1.0, 4.0)
+    balance.backward(task, distillation, [w], [], task_weight=0.0)
+    assert not balance.calibrating and balance.scale == pytest.approx(0.25)
+    assert torch.allclose(w.grad, torch.full((2,), 1.0))  # 0 * 1 + 4 / 4

@@ -34,6 +34,7 @@ from kdlens.config import (
     validate,
 )
 from kdlens.distill import METHODS
+from kdlens.distill.base import DistillationMethod
 from kdlens.messages import one_line, shown
 from kdlens.train.mutual import MutualOptions
 from kdlens.yaml_files import read_yaml
@@ -50,6 +51,11 @@ LABEL_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.+()/=,:%-]{0,39}")
 LABEL_RULE = "1 to 40 ASCII letters, digits, spaces and - _ . + ( ) / = , : %, starting with a letter or digit"
 INDEPENDENT = "Independent"  # the mutual-learning table's row of networks trained alone
 MUTUAL_OPTIONS = TypeAdapter(MutualOptions)
+
+
+def splits_task_loss(method) -> bool:
+    """Whether a method that holds the task loss says how to split it off (a gradient balance needs that)."""
+    return type(method).distillation_terms is not DistillationMethod.distillation_terms
 
 
 def check_label(label: Optional[str]) -> Optional[str]:
@@ -301,9 +307,12 @@ class CompareConfig(Strict):
             if entry.name == BASELINE:
                 continue
             try:
-                entry.build(self.layer)
+                method = entry.build(self.layer)
             except (TypeError, ValueError, ArithmeticError) as exc:  # what the options make the method raise
                 raise ValueError(f"methods: {entry.title}: options {shown(entry.options)}: {one_line(exc)}") from None
+            if entry.balanced and method.includes_task_loss and not splits_task_loss(method):
+                raise ValueError(f"methods: {entry.title}: {entry.name} holds the task loss and does not split it "
+                                 "from its distillation term; expected balance: none for it")
         for mutual in self.mutual:
             options = {"layer": self.layer, **mutual.options}
             try:

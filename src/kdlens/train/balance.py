@@ -81,10 +81,14 @@ class GradientBalance(nn.Module):
         return 1.0 if mean <= self.kappa else self.kappa / mean
 
     def record(self, distillation_norm: float, task_norm: float) -> None:
-        """One calibration update's gradient norms (ignored when the task's is 0)."""
-        if task_norm > 0 and math.isfinite(distillation_norm) and math.isfinite(task_norm):
-            # data parallel: every process records the mean over processes, so all keep the same c
-            self.ratio_sum += mean_over_ranks(distillation_norm / task_norm)
+        """One calibration update's gradient norms (ignored when the task's is 0
+        or a norm is not finite). Data parallel: every process records the mean
+        over the processes (each calls this, so the collective always matches),
+        and all keep the same c."""
+        valid = task_norm > 0 and math.isfinite(distillation_norm) and math.isfinite(task_norm)
+        ratio = mean_over_ranks(distillation_norm / task_norm if valid else math.nan)
+        if math.isfinite(ratio):
+            self.ratio_sum += ratio
             self.seen += 1
 
     def backward(self, task: Tensor, distillation: Tensor, student: Sequence[nn.Parameter],
@@ -97,9 +101,10 @@ class GradientBalance(nn.Module):
             total = task_weight * task + self.scale * distillation
             total.backward()
             return total.detach()
-        task_grads = [None if g is None else task_weight * g for g in gradients(task, student)]
+        raw_task_grads = gradients(task, student)
+        task_grads = [None if g is None else task_weight * g for g in raw_task_grads]
         distillation_grads = gradients(distillation, [*student, *others])
-        self.record(norm(distillation_grads[: len(student)]), norm(task_grads) / task_weight if task_weight else 0.0)
+        self.record(norm(distillation_grads[: len(student)]), norm(raw_task_grads))
         c = self.scale
         for p, g_task, g_distil in zip(student, task_grads, distillation_grads):
             parts = [g for g in (g_task, None if g_distil is None else c * g_distil) if g is not None]

@@ -88,13 +88,30 @@ class TeacherFreeKD(DistillationMethod):
         teacher: Mapping[str, Tensor],
         targets: Optional[Tensor] = None,
     ) -> Tensor:
+        z_s = self._logits(student, targets)
+        return (1 - self.alpha) * F.cross_entropy(z_s, targets) + self.soft_loss(z_s, targets)
+
+    def distillation_terms(
+        self,
+        student: Mapping[str, Tensor],
+        teacher: Mapping[str, Tensor],
+        targets: Optional[Tensor] = None,
+    ) -> tuple[float, Tensor]:
+        """The cross-entropy's weight 1 - alpha and the virtual-teacher term (a gradient balance weighs them)."""
+        return 1.0 - self.alpha, self.soft_loss(self._logits(student, targets), targets)
+
+    def _logits(self, student: Mapping[str, Tensor], targets: Optional[Tensor]) -> Tensor:
         (layer,) = self.layers
         z_s = student[layer]
         if targets is None:
             raise UsageError("tf_kd needs the targets: its virtual teacher is built from the labels")
         if z_s.dim() != 2:
             raise UsageError(f"tf_kd: layer {layer!r} of shape {tuple(z_s.shape)}: expected (B, K) logits")
+        return z_s
+
+    def soft_loss(self, z_s: Tensor, targets: Tensor) -> Tensor:
+        """alpha * T^2 * KL(virtual teacher^T || softmax(z_s / T)), averaged over the batch."""
         t = self.temperature
         log_p_teacher = virtual_teacher_log_probs(targets, z_s.shape[1], self.a, t).to(z_s.dtype)
         soft = F.kl_div(F.log_softmax(z_s / t, dim=1), log_p_teacher, reduction="batchmean", log_target=True)
-        return (1 - self.alpha) * F.cross_entropy(z_s, targets) + self.alpha * t * t * soft
+        return self.alpha * t * t * soft
