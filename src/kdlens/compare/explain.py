@@ -26,7 +26,7 @@ The results are cached under ``OUT/analysis/`` like a run's, so a second
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -101,7 +101,3 @@ def explain_comparison(comparison: Comparison, *, progress: bool = True) -> dict
         "methods": summaries, "references": references, "verdicts": verdicts,
     }
 
-
-def verdict_word(verdicts: Optional[dict], h: str) -> str:
-    """The verdict of hypothesis ``h`` for one method ("–" for the baseline)."""
-    return "–" if not verdicts else verdicts[h]["verdict"]

@@ -21,6 +21,7 @@ from kdlens.compare.tables import (
     claims,
     error_stats,
     fmt_error,
+    markdown_table,
     markdown_text,
     per_seed_table,
     rate_claims,
@@ -157,18 +158,16 @@ def _explain_lines(comparison: Comparison, explained: Mapping[str, Any], put) ->
                   "construction; read N_fg and the dynamics only.", ""]
     header = ["network", "test error % (all seeds)", f"accuracy % (seed {explained['seed']})", "N_fg ↑", "N_bg ↓",
               "λ ↑", "D_mean ↓", "D_var ↓", "ρ ↑", "H1", "H2", "H3"]
-    table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    points = {}
+    cells, points = [], {}
     for title, summary in rows.items():
         verdicts = explained["verdicts"].get(title)
-        cells = [markdown_text(title), fmt_error(errors.get(title)), _number(summary.get("accuracy"), 100, 1),
-                 *(_number(summary.get(k)) for k in ("n_fg", "n_bg", "lambda", "d_mean", "d_var", "rho")),
-                 *(("–" if title in explained["references"] or title == baseline else verdicts[h]["verdict"])
-                   for h in ("h1", "h2", "h3"))]
-        table.append("| " + " | ".join(cells) + " |")
+        cells.append([title, fmt_error(errors.get(title)), _number(summary.get("accuracy"), 100, 1),
+                      *(_number(summary.get(k)) for k in ("n_fg", "n_bg", "lambda", "d_mean", "d_var", "rho")),
+                      *(("–" if title in explained["references"] or title == baseline else verdicts[h]["verdict"])
+                        for h in ("h1", "h2", "h3"))])
         if summary.get("lambda") is not None and summary.get("accuracy") is not None:
             points[title] = (summary["lambda"], 100 * summary["accuracy"])
-    lines += [*table, "",
+    lines += [markdown_table(header, cells),
               "H1: more knowledge points (N_fg and λ higher), H2: learnt more simultaneously (D_mean and D_var "
               "lower), H3: fewer detours (ρ higher), each against the independent student "
               f"({markdown_text(baseline)}) on the paired bootstrap 95 % interval over the images: *holds* when it "

@@ -110,8 +110,12 @@ def same_training(existing_text: str, config: CompareConfig) -> bool:
         existing = parse_compare_config(yaml.safe_load(existing_text), source="the run directory's config.yaml")
     except (ConfigError, yaml.YAMLError):
         return False
-    strip = lambda c: {k: v for k, v in c.to_dict().items() if k not in NOT_TRAINING}  # noqa: E731
-    return strip(existing) == strip(config)
+    return training_part(existing) == training_part(config)
+
+
+def training_part(config: CompareConfig) -> dict[str, Any]:
+    """The config's keys that decide what is trained (all but ``NOT_TRAINING``)."""
+    return {k: v for k, v in config.to_dict().items() if k not in NOT_TRAINING}
 
 
 def train_comparison(config: CompareConfig, out: str | Path, *, progress: bool = True) -> Comparison:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import statistics
 from functools import lru_cache
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
 YES, NO, INCONCLUSIVE = "yes", "no", "inconclusive"
 LEVEL = 0.95
@@ -99,6 +99,3 @@ def interval_text(check: Mapping[str, Any], unit: str = "error points") -> str:
         return f"{check['gap']:+.2f} {unit}, 1 seed: no interval"
     return f"{check['gap']:+.2f} {unit} [{check['low']:+.2f}, {check['high']:+.2f}], {check['seeds']} seeds"
 
-
-def verdict_of(check: Optional[Mapping[str, Any]]) -> Optional[str]:
-    return None if check is None else check.get("verdict")

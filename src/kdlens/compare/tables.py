@@ -50,7 +50,8 @@ def markdown_text(text: str) -> str:
     return " ".join(text.replace("|", "\\|").split())
 
 
-def _markdown(header: list[str], rows: list[list[str]]) -> str:
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table whose cells are literal text (see :func:`markdown_text`)."""
     lines = ["| " + " | ".join(map(markdown_text, header)) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(map(markdown_text, row)) + " |" for row in rows]
     return "\n".join(lines) + "\n"
@@ -62,7 +63,7 @@ def table1(teacher_name: str, teacher_error: Optional[float], student_name: str,
     titles = list(summary)
     header = [f"Teacher: {teacher_name}", f"Student: {student_name}", *titles[1:]]
     teacher_cell = "-" if teacher_error is None else f"{teacher_error:.2f}"
-    return _markdown(header, [[teacher_cell, *(fmt_error(summary[t]) for t in titles)]])
+    return markdown_table(header, [[teacher_cell, *(fmt_error(summary[t]) for t in titles)]])
 
 
 def per_seed_table(results: Results) -> str:
@@ -75,7 +76,7 @@ def per_seed_table(results: Results) -> str:
         minutes = sum(row.get("seconds", 0.0) for row in per_seed.values()) / 60
         cells = [f"{per_seed[s]['test_error']:.2f}" if s in per_seed else "-" for s in seeds]
         rows.append([title, *cells, fmt_error(stats), fmt_error(train), f"{minutes:.1f}"])
-    return _markdown(header, rows)
+    return markdown_table(header, rows)
 
 
 def table4(net1: str, net2: str, mutual: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
@@ -85,7 +86,7 @@ def table4(net1: str, net2: str, mutual: Mapping[str, Mapping[str, Mapping[str, 
     for title, per_net in mutual.items():
         header += [f"{title} Net 1", f"{title} Net 2"]
         cells += [fmt_error(per_net.get("net1")), fmt_error(per_net.get("net2"))]
-    return _markdown(header, [cells])
+    return markdown_table(header, [cells])
 
 
 def results_csv(by_rate: RateResults) -> str:
@@ -112,7 +113,7 @@ def rate_table(by_rate: RateResults) -> str:
     titles = list(dict.fromkeys(t for results in by_rate.values() for t in results))
     rows = [[rate, *(fmt_error(accuracy_stats(results[t])) if t in results else "-" for t in titles)]
             for rate, results in by_rate.items()]
-    return _markdown(["Rate", *titles], rows)
+    return markdown_table(["Rate", *titles], rows)
 
 
 def rate_claims(

@@ -141,6 +141,31 @@ class DistillationMethod(nn.Module):
         return f_s, f_t
 
 
+def paired_features(method: "DistillationMethod", student: Mapping[str, Tensor],
+                    teacher: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """The method's student and (detached) teacher features, of any shapes but
+    of the same samples: a one-line error when the batch sizes differ (methods
+    that compare samples with each other: SP, PKT, CC)."""
+    (layer,) = method.layers
+    f_s, f_t = method.features(student, teacher, same_shape=False)
+    if f_s.shape[0] != f_t.shape[0]:
+        raise UsageError(
+            f"layer {layer!r}: batches of {f_s.shape[0]} student and {f_t.shape[0]} teacher samples; expected the same"
+        )
+    return f_s, f_t
+
+
+def connected_maps(name: str, method: "DistillationMethod", connector: Optional[nn.Module],
+                   student: Mapping[str, Tensor], teacher: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """The student's feature through the method's ``connector`` (built in
+    ``setup``) and the teacher's, both as maps pooled to their common size
+    (FitNet's regressor, AB's and OD's connectors)."""
+    f_s, f_t = method.features(student, teacher, same_shape=False)
+    if connector is None:
+        raise RuntimeError(f"{name} is not set up; call setup() with a batch of features first")
+    return match_spatial(connector(as_map(f_s)), as_map(f_t))
+
+
 def pooled_maps(method: str, layer: str, f_s: Tensor, f_t: Tensor, why: str) -> tuple[Tensor, Tensor]:
     """The student's and the teacher's (B, C, H, W) maps pooled to their common
     size (:func:`match_spatial`), or a one-line error naming ``method``, the

@@ -135,14 +135,17 @@ class LossTerms(NamedTuple):
     distillation: dict[str, Tensor]
 
 
+def student_and_others(student: nn.Module, params: list[nn.Parameter]) -> tuple[list, list]:
+    """``params`` split into the student's own and the rest (a method's connectors)."""
+    ids = {id(p) for p in student.parameters()}
+    return [p for p in params if id(p) in ids], [p for p in params if id(p) not in ids]
+
+
 def controlled_backward(method: DistillationMethod, student: nn.Module) -> Callable[[LossTerms, list], Tensor]:
     """The ``Phase.backward`` of a gradient-controlled method: returns the
     unclipped total loss for the log."""
-    student_ids = {id(p) for p in student.parameters()}
-
     def backward(terms: LossTerms, params: list[nn.Parameter]) -> Tensor:
-        theta = [p for p in params if id(p) in student_ids]
-        others = [p for p in params if id(p) not in student_ids]
+        theta, others = student_and_others(student, params)
         losses = list(terms.distillation.values())
         # one backward pass per term, over the student and the connectors at once
         per_term = [loss_gradients(loss, theta + others) for loss in losses]
@@ -166,35 +169,33 @@ def _distil(student, teacher, method, train_set, test_set, store, optim, *, seed
     prepare_method(method, student, teacher, train_set, device, seed=seed, role=role, fresh=store.latest() is None)
     layers = method.layers
 
-    def distill(images: Tensor, labels: Tensor) -> Tensor:
+    def forward(images: Tensor) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+        """The student's logits and features, and the teacher's features (no gradients)."""
         with torch.no_grad():
             target = teacher.features(images, layers)
         logits, features = student.forward_with_features(images, layers)
+        return logits, features, target
+
+    def distill(images: Tensor, labels: Tensor) -> Tensor:
+        logits, features, target = forward(images)
         loss = method(features, target, labels)
         if method.includes_task_loss:
             return loss
         return F.cross_entropy(logits, labels) + method.loss_scale * loss
 
     def distill_terms(images: Tensor, labels: Tensor) -> LossTerms:
-        with torch.no_grad():
-            target = teacher.features(images, layers)
-        logits, features = student.forward_with_features(images, layers)
+        logits, features, target = forward(images)
         terms = method.loss_terms(features, target, labels)
         return LossTerms(F.cross_entropy(logits, labels), {k: method.loss_scale * v for k, v in terms.items()})
 
     def balanced_terms(images: Tensor, labels: Tensor) -> tuple[Tensor, float, Tensor]:
-        with torch.no_grad():
-            target = teacher.features(images, layers)
-        logits, features = student.forward_with_features(images, layers)
+        logits, features, target = forward(images)
         task_weight, loss = method.distillation_terms(features, target, labels)
         return F.cross_entropy(logits, labels), task_weight, method.loss_scale * loss
 
-    student_ids = {id(p) for p in student.parameters()}
-
     def balanced_backward(terms: tuple[Tensor, float, Tensor], params: list) -> Tensor:
         task, task_weight, loss = terms
-        return balance.backward(task, loss, [p for p in params if id(p) in student_ids],
-                                [p for p in params if id(p) not in student_ids], task_weight=task_weight)
+        return balance.backward(task, loss, *student_and_others(student, params), task_weight=task_weight)
 
     extra = {"method": method}
     if balance is not None and method.controls_gradients:

@@ -45,7 +45,7 @@ from typing import Mapping, Optional
 
 from torch import Tensor, nn
 
-from kdlens.distill.base import METHODS, DistillationMethod, as_map, match_spatial
+from kdlens.distill.base import METHODS, DistillationMethod, as_map, connected_maps
 from kdlens.errors import UsageError
 from kdlens.models.base import PRE_ACTIVATION
 
@@ -87,10 +87,7 @@ class ActivationBoundaries(DistillationMethod):
         teacher: Mapping[str, Tensor],
         targets: Optional[Tensor] = None,
     ) -> Tensor:
-        f_s, f_t = self.features(student, teacher, same_shape=False)
-        if self.connector is None:
-            raise RuntimeError("ab is not set up; call setup() with a batch of features first")
-        s, t = match_spatial(self.connector(as_map(f_s)), as_map(f_t))
+        s, t = connected_maps("ab", self, self.connector, student, teacher)
         return self.beta * alternative_loss(s, t, self.margin).mean()
 
     def extra_repr(self) -> str:

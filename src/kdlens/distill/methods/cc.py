@@ -40,7 +40,7 @@ from typing import Mapping, Optional
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdlens.distill.base import METHODS, DistillationMethod
+from kdlens.distill.base import METHODS, DistillationMethod, paired_features
 from kdlens.errors import UsageError
 
 
@@ -88,15 +88,10 @@ class CorrelationCongruence(DistillationMethod):
         teacher: Mapping[str, Tensor],
         targets: Optional[Tensor] = None,
     ) -> Tensor:
-        (layer,) = self.layers
-        f_s, f_t = self.features(student, teacher, same_shape=False)
         if self.embed_s is None or self.embed_t is None:
             raise RuntimeError("cc is not set up; call setup() with a batch of features first")
+        f_s, f_t = paired_features(self, student, teacher)
         batch = f_s.shape[0]
-        if batch != f_t.shape[0]:
-            raise UsageError(
-                f"layer {layer!r}: batches of {batch} student and {f_t.shape[0]} teacher samples; expected the same"
-            )
         k_s = taylor_rbf_correlation(self.embed_s(f_s.flatten(1)), self.gamma, self.order)
         k_t = taylor_rbf_correlation(self.embed_t(f_t.flatten(1)), self.gamma, self.order)
         return self.beta * (k_t - k_s).pow(2).sum() / (batch * batch)

@@ -35,7 +35,7 @@ from typing import Mapping, Optional
 
 from torch import Tensor, nn
 
-from kdlens.distill.base import METHODS, DistillationMethod, as_map, match_spatial
+from kdlens.distill.base import METHODS, DistillationMethod, as_map, connected_maps
 from kdlens.errors import UsageError
 
 
@@ -60,8 +60,5 @@ class FitNet(DistillationMethod):
         teacher: Mapping[str, Tensor],
         targets: Optional[Tensor] = None,
     ) -> Tensor:
-        f_s, f_t = self.features(student, teacher, same_shape=False)
-        if self.regressor is None:
-            raise RuntimeError("fitnet is not set up; call setup() with a batch of features first")
-        s, t = match_spatial(self.regressor(as_map(f_s)), as_map(f_t))
+        s, t = connected_maps("fitnet", self, self.regressor, student, teacher)
         return self.beta * (s - t).pow(2).mean()

@@ -33,7 +33,7 @@ from typing import Mapping, Optional
 import torch
 from torch import Tensor, nn
 
-from kdlens.distill.base import METHODS, DistillationMethod, TeacherBatches, as_map, match_spatial
+from kdlens.distill.base import METHODS, DistillationMethod, TeacherBatches, as_map, connected_maps
 from kdlens.errors import UsageError
 from kdlens.models.base import PRE_ACTIVATION, pre_activation_norm
 
@@ -101,9 +101,6 @@ class OverhaulDistillation(DistillationMethod):
         teacher: Mapping[str, Tensor],
         targets: Optional[Tensor] = None,
     ) -> Tensor:
-        f_s, f_t = self.features(student, teacher, same_shape=False)
-        if self.connector is None:
-            raise RuntimeError("od is not set up; call setup() with a batch of features first")
-        s, t = match_spatial(self.connector(as_map(f_s)), as_map(f_t))
+        s, t = connected_maps("od", self, self.connector, student, teacher)
         target = torch.maximum(t, self.margin.view(1, -1, 1, 1))
         return self.weight * partial_l2(s, target)

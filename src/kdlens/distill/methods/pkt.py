@@ -31,7 +31,7 @@ from typing import Mapping, Optional
 import torch
 from torch import Tensor
 
-from kdlens.distill.base import METHODS, DistillationMethod
+from kdlens.distill.base import METHODS, DistillationMethod, paired_features
 from kdlens.errors import UsageError
 
 EPS = 1e-7
@@ -60,13 +60,7 @@ class ProbabilisticKT(DistillationMethod):
         teacher: Mapping[str, Tensor],
         targets: Optional[Tensor] = None,
     ) -> Tensor:
-        (layer,) = self.layers
-        f_s, f_t = self.features(student, teacher, same_shape=False)
-        if f_s.shape[0] != f_t.shape[0]:
-            raise UsageError(
-                f"layer {layer!r}: batches of {f_s.shape[0]} student and {f_t.shape[0]} teacher samples; "
-                "expected the same"
-            )
+        f_s, f_t = paired_features(self, student, teacher)
         p = conditional_similarities(f_t)
         q = conditional_similarities(f_s)
         return self.beta * (p * torch.log((p + EPS) / (q + EPS))).mean()

@@ -24,7 +24,7 @@ from typing import Mapping, Optional
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdlens.distill.base import METHODS, DistillationMethod
+from kdlens.distill.base import METHODS, DistillationMethod, paired_features
 from kdlens.errors import UsageError
 
 
@@ -49,12 +49,7 @@ class SimilarityPreserving(DistillationMethod):
         teacher: Mapping[str, Tensor],
         targets: Optional[Tensor] = None,
     ) -> Tensor:
-        (layer,) = self.layers
-        f_s, f_t = self.features(student, teacher, same_shape=False)
+        f_s, f_t = paired_features(self, student, teacher)
         batch = f_s.shape[0]
-        if batch != f_t.shape[0]:
-            raise UsageError(
-                f"layer {layer!r}: batches of {batch} student and {f_t.shape[0]} teacher samples; expected the same"
-            )
         difference = similarity_matrix(f_t) - similarity_matrix(f_s)
         return self.gamma * difference.pow(2).sum() / (batch * batch)
