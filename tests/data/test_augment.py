@@ -8,15 +8,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import Dataset
 
 from kdlens.config import OptimConfig, parse_config
 from kdlens.data.augment import CropFlip, augmentation, black, crop_flip
-from kdlens.data.base import Sample
 from kdlens.errors import UsageError
 from kdlens.store import CheckpointStore
 from kdlens.train.loop import Phase, Update, train_phases
+from tiny_training import TinySet, two_layers
 
 CPU = torch.device("cpu")
 FILL = (-1.0, -2.0, -3.0)
@@ -107,24 +105,6 @@ def test_each_image_draws_its_own_crop_and_flip_from_the_global_seed():
     assert torch.equal(CropFlip(2, FILL)(images), out)
     torch.manual_seed(4)
     assert not torch.equal(CropFlip(2, FILL)(images), out)
-
-
-class TinySet(Dataset):
-    def __init__(self, n: int = 24, seed: int = 0) -> None:
-        generator = torch.Generator().manual_seed(seed)
-        self.images = torch.randn(n, 3, 4, 4, generator=generator)
-        self.labels = torch.randint(0, 3, (n,), generator=generator)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> Sample:
-        return Sample(self.images[index], int(self.labels[index]), torch.ones(4, 4, dtype=torch.bool))
-
-
-def two_layers() -> nn.Sequential:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(48, 8), nn.ReLU(), nn.Linear(8, 3))
 
 
 class Counting(CropFlip):

@@ -97,3 +97,34 @@ def assemble(
     model.stage_ends = list(stage_ends)
     init_weights(model)
     return model
+
+
+def assemble_cifar(trunk: nn.Module, channels: int, num_classes: int, stage_ends: list[str],
+                   linear_init: str) -> NamedLayerModel:
+    """RepDistiller's CIFAR head on a conv trunk (ending in its last ReLU): stages
+    ``conv`` (the trunk), ``fc1`` (global average pool + flatten, the embedding)
+    and ``fc3`` (one Linear). Initialised as RepDistiller's families are:
+    Kaiming-normal convs (biases zero), unit BatchNorms, and the Linear by
+    ``linear_init``: "default" (nn.Linear's own, the ResNets), "zero_bias" (the
+    WRNs) or "normal" (N(0, 0.01) and a zero bias, VGG and MobileNetV2)."""
+    if linear_init not in ("default", "zero_bias", "normal"):
+        raise ValueError(f"linear_init = {linear_init!r}: expected default, zero_bias or normal")
+    model = NamedLayerModel([
+        ("conv", trunk),
+        ("fc1", nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())),
+        ("fc3", nn.Linear(channels, num_classes)),
+    ])
+    model.stage_ends = list(stage_ends)
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear) and linear_init != "default":
+            if linear_init == "normal":
+                nn.init.normal_(m.weight, 0.0, 0.01)
+            nn.init.zeros_(m.bias)
+    return model

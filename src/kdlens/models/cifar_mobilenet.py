@@ -45,7 +45,7 @@ from collections import OrderedDict
 from torch import Tensor, nn
 
 from kdlens.models.base import NamedLayerModel
-from kdlens.models.catalog import MODELS, reject_options, relu, scaled
+from kdlens.models.catalog import MODELS, assemble_cifar, reject_options, relu, scaled
 
 EXPANSION = 6  # RepDistiller's T for mobile_half
 WIDTH_MULT = 0.5  # mobile_half
@@ -100,22 +100,8 @@ def cifar_mobilenetv2(num_classes: int, width: float, in_channels: int) -> Named
         cin = cout
     last = scaled(LAST, width)  # RepDistiller: int(1280 * mult) only for mult > 1
     trunk["head"] = _conv_bn_relu(cin, last, 1, stride=1)
-    model = NamedLayerModel([
-        ("conv", nn.Sequential(trunk)),
-        ("fc1", nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())),
-        ("fc3", nn.Linear(last, num_classes)),
-    ])
-    model.stage_ends = [f"stages.conv.block{i}" for i in STAGE_GROUPS]
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0.0, 0.01)
-            nn.init.zeros_(m.bias)
-    return model
+    stage_ends = [f"stages.conv.block{i}" for i in STAGE_GROUPS]
+    return assemble_cifar(nn.Sequential(trunk), last, num_classes, stage_ends, linear_init="normal")
 
 
 @MODELS.register("mobilenetv2")

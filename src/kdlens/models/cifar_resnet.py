@@ -42,7 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from kdlens.models.base import NamedLayerModel
-from kdlens.models.catalog import MODELS, reject_options, relu, scaled
+from kdlens.models.catalog import MODELS, assemble_cifar, reject_options, relu, scaled
 
 # arch -> (depth, channels of stem and groups 1..3), RepDistiller's models/resnet.py
 ARCHS: dict[str, tuple[int, tuple[int, int, int, int]]] = {
@@ -88,15 +88,6 @@ def _group(cin: int, cout: int, blocks: int, stride: int) -> nn.Sequential:
     return nn.Sequential(layers)
 
 
-def _init(model: nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-
 def cifar_resnet(
     depth: int, channels: tuple[int, int, int, int], num_classes: int, width: float, in_channels: int
 ) -> NamedLayerModel:
@@ -110,14 +101,8 @@ def cifar_resnet(
     for i, (cout, stride) in enumerate(zip(groups, (1, 2, 2)), start=1):
         trunk[f"layer{i}"] = _group(cin, cout, n, stride)
         cin = cout
-    model = NamedLayerModel([
-        ("conv", nn.Sequential(trunk)),
-        ("fc1", nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())),
-        ("fc3", nn.Linear(cin, num_classes)),
-    ])
-    model.stage_ends = [f"stages.conv.layer{i}.relu" for i in range(1, 4)]
-    _init(model)
-    return model
+    stage_ends = [f"stages.conv.layer{i}.relu" for i in range(1, 4)]
+    return assemble_cifar(nn.Sequential(trunk), cin, num_classes, stage_ends, linear_init="default")
 
 
 def _register(arch: str):

@@ -38,7 +38,7 @@ from collections import OrderedDict
 from torch import nn
 
 from kdlens.models.base import NamedLayerModel
-from kdlens.models.catalog import MODELS, reject_options, relu, scaled
+from kdlens.models.catalog import MODELS, assemble_cifar, reject_options, relu, scaled
 
 # convs per block (each block one channel count: 64, 128, 256, 512, 512)
 ARCHS: dict[str, int] = {"vgg8": 1, "vgg13": 2}
@@ -62,24 +62,9 @@ def cifar_vgg(convs: int, num_classes: int, image_size: int, width: float, in_ch
         if i < 3 or (i == 3 and image_size >= POOL3_FROM):
             trunk[f"pool{i}"] = nn.MaxPool2d(kernel_size=2, stride=2)
         cin = cout
-    model = NamedLayerModel([
-        ("conv", nn.Sequential(trunk)),
-        ("fc1", nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())),
-        ("fc3", nn.Linear(cin, num_classes)),
-    ])
     last = 3 * convs - 1  # the index of a block's final ReLU
-    model.stage_ends = [f"stages.conv.block{i}.{last}" for i in range(1, 5)]
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0.0, 0.01)
-            nn.init.zeros_(m.bias)
-    return model
+    stage_ends = [f"stages.conv.block{i}.{last}" for i in range(1, 5)]
+    return assemble_cifar(nn.Sequential(trunk), cin, num_classes, stage_ends, linear_init="normal")
 
 
 def _register(arch: str):

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from kdlens.errors import UsageError
 from kdlens.models.base import NamedLayerModel
-from kdlens.models.catalog import MODELS, reject_options, relu, scaled
+from kdlens.models.catalog import MODELS, assemble_cifar, reject_options, relu, scaled
 
 # arch -> (depth, widen factor k)
 ARCHS: dict[str, tuple[int, int]] = {
@@ -89,21 +89,8 @@ def cifar_wrn(depth: int, k: int, num_classes: int, width: float, in_channels: i
         cin = cout
     trunk["bn"] = nn.BatchNorm2d(cin)
     trunk["relu"] = relu()
-    model = NamedLayerModel([
-        ("conv", nn.Sequential(trunk)),
-        ("fc1", nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())),
-        ("fc3", nn.Linear(cin, num_classes)),
-    ])
-    model.stage_ends = ["stages.conv.block2.0.relu1", "stages.conv.block3.0.relu1", "stages.conv.relu"]
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.zeros_(m.bias)
-    return model
+    stage_ends = ["stages.conv.block2.0.relu1", "stages.conv.block3.0.relu1", "stages.conv.relu"]
+    return assemble_cifar(nn.Sequential(trunk), cin, num_classes, stage_ends, linear_init="zero_bias")
 
 
 def _register(arch: str):
